@@ -1,0 +1,84 @@
+//! A KVM VM: guest memory slots, the in-kernel irqchip and PIT, irqfds, vCPUs.
+
+use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::VmFd;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::{Error, Result, Vcpu};
+
+/// A KVM VM file descriptor and the operations Ferrovisor uses on it.
+pub struct Vm {
+    fd: VmFd,
+}
+
+impl Vm {
+    pub(crate) fn new(fd: VmFd) -> Vm {
+        Vm { fd }
+    }
+
+    /// Places the three pages KVM needs for the real-mode TSS and the EPT
+    /// identity map at `tss_addr` (which must lie in a hole of guest RAM).
+    pub fn set_x86_system_pages(&self, tss_addr: u64) -> Result<()> {
+        self.fd
+            .set_identity_map_address(tss_addr + 0x3000)
+            .map_err(Error::wrap("KVM_SET_IDENTITY_MAP_ADDR"))?;
+        self.fd
+            .set_tss_address(tss_addr as usize)
+            .map_err(Error::wrap("KVM_SET_TSS_ADDR"))
+    }
+
+    /// Creates the in-kernel PIC, IOAPIC and per-vCPU local APICs, and the PIT.
+    pub fn create_platform_irqchip(&self) -> Result<()> {
+        self.fd
+            .create_irq_chip()
+            .map_err(Error::wrap("KVM_CREATE_IRQCHIP"))?;
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        self.fd
+            .create_pit2(pit)
+            .map_err(Error::wrap("KVM_CREATE_PIT2"))
+    }
+
+    /// Maps `size` bytes of host memory at `host_addr` into the guest at `guest_addr`.
+    ///
+    /// # Safety
+    ///
+    /// The host range must stay mapped, readable and writable for as long as
+    /// the VM exists (or until the slot is replaced).
+    pub unsafe fn map_memory(
+        &self,
+        slot: u32,
+        guest_addr: u64,
+        size: u64,
+        host_addr: u64,
+    ) -> Result<()> {
+        let region = kvm_userspace_memory_region {
+            slot,
+            flags: 0,
+            guest_phys_addr: guest_addr,
+            memory_size: size,
+            userspace_addr: host_addr,
+        };
+        // SAFETY: the caller guarantees the host range outlives the VM.
+        unsafe { self.fd.set_user_memory_region(region) }
+            .map_err(Error::wrap("KVM_SET_USER_MEMORY_REGION"))
+    }
+
+    /// Makes every write to `event` raise interrupt line `gsi` of the irqchip.
+    pub fn register_irqfd(&self, event: &EventFd, gsi: u32) -> Result<()> {
+        self.fd
+            .register_irqfd(event, gsi)
+            .map_err(Error::wrap("KVM_IRQFD"))
+    }
+
+    /// Creates vCPU `id` (its initial APIC ID is the same number).
+    pub fn create_vcpu(&self, id: u32) -> Result<Vcpu> {
+        let fd = self
+            .fd
+            .create_vcpu(u64::from(id))
+            .map_err(Error::wrap("KVM_CREATE_VCPU"))?;
+        Ok(Vcpu::new(fd, id))
+    }
+}
