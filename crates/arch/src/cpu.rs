@@ -35,7 +35,13 @@ pub struct EntryPoint {
 impl EntryPoint {
     /// An entry at `rip` in `mode` with all argument registers zero.
     pub fn new(mode: EntryMode, rip: u64) -> EntryPoint {
-        EntryPoint { mode, rip, rax: 0, rbx: 0, rsi: 0 }
+        EntryPoint {
+            mode,
+            rip,
+            rax: 0,
+            rbx: 0,
+            rsi: 0,
+        }
     }
 }
 
@@ -90,8 +96,16 @@ pub fn entry_regs(entry: &EntryPoint) -> kvm_regs {
         rax: entry.rax,
         rbx: entry.rbx,
         rsi: entry.rsi,
-        rsp: if entry.mode == EntryMode::Long64 { BOOT_STACK_POINTER } else { 0 },
-        rbp: if entry.mode == EntryMode::Long64 { BOOT_STACK_POINTER } else { 0 },
+        rsp: if entry.mode == EntryMode::Long64 {
+            BOOT_STACK_POINTER
+        } else {
+            0
+        },
+        rbp: if entry.mode == EntryMode::Long64 {
+            BOOT_STACK_POINTER
+        } else {
+            0
+        },
         rflags: 0x2,
         ..Default::default()
     }
@@ -99,7 +113,11 @@ pub fn entry_regs(entry: &EntryPoint) -> kvm_regs {
 
 /// FPU state after reset: x87 control word 0x37f, MXCSR 0x1f80.
 pub fn boot_fpu() -> kvm_fpu {
-    kvm_fpu { fcw: 0x37f, mxcsr: 0x1f80, ..Default::default() }
+    kvm_fpu {
+        fcw: 0x37f,
+        mxcsr: 0x1f80,
+        ..Default::default()
+    }
 }
 
 /// MSR numbers set at boot.
@@ -132,7 +150,11 @@ pub mod msr_index {
 /// on, MTRRs enabled with write-back as the default type.
 pub fn boot_msr_entries() -> Vec<kvm_msr_entry> {
     use msr_index::*;
-    let entry = |index, data| kvm_msr_entry { index, data, ..Default::default() };
+    let entry = |index, data| kvm_msr_entry {
+        index,
+        data,
+        ..Default::default()
+    };
     vec![
         entry(SYSENTER_CS, 0),
         entry(SYSENTER_ESP, 0),
@@ -219,6 +241,9 @@ mod tests {
         e.rax = 0x2bad_b002;
         e.rbx = 0x6000;
         let r = entry_regs(&e);
-        assert_eq!((r.rip, r.rax, r.rbx, r.rflags), (0x100000, 0x2bad_b002, 0x6000, 2));
+        assert_eq!(
+            (r.rip, r.rax, r.rbx, r.rflags),
+            (0x100000, 0x2bad_b002, 0x6000, 2)
+        );
     }
 }

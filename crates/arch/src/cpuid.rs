@@ -42,7 +42,9 @@ pub fn patch_for_vcpu(entries: &mut [kvm_cpuid_entry2], apic_id: u32, topo: Topo
     for e in entries.iter_mut() {
         match e.function {
             LEAF_FEATURES => {
-                e.ebx = (e.ebx & 0x0000_ffff) | ((apic_id & 0xff) << 24) | ((addressable.min(255)) << 16);
+                e.ebx = (e.ebx & 0x0000_ffff)
+                    | ((apic_id & 0xff) << 24)
+                    | ((addressable.min(255)) << 16);
                 e.ecx |= ECX_HYPERVISOR;
                 if topo.cpus > 1 {
                     e.edx |= EDX_HTT;
@@ -92,12 +94,22 @@ mod tests {
     use super::*;
 
     fn leaf(function: u32, index: u32) -> kvm_cpuid_entry2 {
-        kvm_cpuid_entry2 { function, index, ..Default::default() }
+        kvm_cpuid_entry2 {
+            function,
+            index,
+            ..Default::default()
+        }
     }
 
     #[test]
     fn apic_id_and_topology() {
-        let mut t = vec![leaf(1, 0), leaf(0xb, 0), leaf(0xb, 1), leaf(0xb, 2), leaf(4, 0)];
+        let mut t = vec![
+            leaf(1, 0),
+            leaf(0xb, 0),
+            leaf(0xb, 1),
+            leaf(0xb, 2),
+            leaf(4, 0),
+        ];
         t[4].eax = 0x121; // data cache, level 1
         patch_for_vcpu(&mut t, 5, Topology { cpus: 6 });
         assert_eq!(t[0].ebx >> 24, 5);

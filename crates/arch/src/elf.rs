@@ -119,11 +119,15 @@ pub fn parse(file: &[u8]) -> Result<ElfImage, ElfError> {
             continue;
         }
         if seg.filesz > seg.memsz {
-            return Err(ElfError::Malformed("segment file size exceeds its memory size"));
+            return Err(ElfError::Malformed(
+                "segment file size exceeds its memory size",
+            ));
         }
         let end = seg.offset.checked_add(seg.filesz);
         if end.is_none_or(|e| e > file.len() as u64) {
-            return Err(ElfError::Malformed("segment extends past the end of the file"));
+            return Err(ElfError::Malformed(
+                "segment extends past the end of the file",
+            ));
         }
         if seg.paddr.checked_add(seg.memsz).is_none() {
             return Err(ElfError::Malformed("segment address overflows"));
@@ -133,7 +137,11 @@ pub fn parse(file: &[u8]) -> Result<ElfImage, ElfError> {
     if segments.is_empty() {
         return Err(ElfError::Malformed("no loadable segments"));
     }
-    Ok(ElfImage { is_64bit, entry, segments })
+    Ok(ElfImage {
+        is_64bit,
+        entry,
+        segments,
+    })
 }
 
 #[cfg(test)]
@@ -170,7 +178,15 @@ pub(crate) mod tests {
         let img = parse(&f).unwrap();
         assert!(!img.is_64bit);
         assert_eq!(img.entry, 0x100000);
-        assert_eq!(img.segments, vec![Segment { offset: 84, paddr: 0x100000, filesz: 16, memsz: 48 }]);
+        assert_eq!(
+            img.segments,
+            vec![Segment {
+                offset: 84,
+                paddr: 0x100000,
+                filesz: 16,
+                memsz: 48
+            }]
+        );
     }
 
     #[test]

@@ -32,7 +32,11 @@ pub const fn gdt_entry(flags: u16, base: u32, limit: u32) -> u64 {
 
 /// The boot GDT: null, null, code, data, TSS.
 pub fn boot_gdt(long_mode: bool) -> [u64; 5] {
-    let code = if long_mode { CODE64_FLAGS } else { CODE32_FLAGS };
+    let code = if long_mode {
+        CODE64_FLAGS
+    } else {
+        CODE32_FLAGS
+    };
     [
         0,
         0,
@@ -47,7 +51,11 @@ pub fn segment_from_entry(entry: u64, selector: u16) -> kvm_segment {
     let base = (((entry >> 16) & 0xff_ffff) | ((entry >> 32) & 0xff00_0000)) as u64;
     let raw_limit = ((entry & 0xffff) | ((entry >> 32) & 0xf_0000)) as u32;
     let g = ((entry >> 55) & 1) as u8;
-    let limit = if g == 1 { (raw_limit << 12) | 0xfff } else { raw_limit };
+    let limit = if g == 1 {
+        (raw_limit << 12) | 0xfff
+    } else {
+        raw_limit
+    };
     kvm_segment {
         base,
         limit,

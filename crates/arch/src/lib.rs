@@ -45,7 +45,12 @@ pub enum Error {
 pub type Result<T> = std::result::Result<T, Error>;
 
 /// Writes `bytes` at `addr`, naming `what` in the error.
-pub(crate) fn write_bytes(mem: &GuestMemory, what: &'static str, addr: u64, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_bytes(
+    mem: &GuestMemory,
+    what: &'static str,
+    addr: u64,
+    bytes: &[u8],
+) -> Result<()> {
     use vm_memory::{Bytes, GuestAddress};
     mem.write_slice(bytes, GuestAddress(addr))
         .map_err(|source| Error::GuestWrite { what, addr, source })

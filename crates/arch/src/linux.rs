@@ -87,9 +87,15 @@ mod tests {
 
     #[test]
     fn limits_follow_the_protocol_version() {
-        let mut h = setup_header { version: 0x205, ..Default::default() };
+        let mut h = setup_header {
+            version: 0x205,
+            ..Default::default()
+        };
         assert_eq!(cmdline_limit(Some(&h)), 255);
-        assert_eq!(initrd_addr_max(Some(&h)), u64::from(h.initrd_addr_max).max(0x37ff_ffff));
+        assert_eq!(
+            initrd_addr_max(Some(&h)),
+            u64::from(h.initrd_addr_max).max(0x37ff_ffff)
+        );
         h.version = 0x20f;
         h.cmdline_size = 2047;
         h.initrd_addr_max = 0x7fff_ffff;

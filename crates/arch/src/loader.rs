@@ -13,7 +13,9 @@ use linux_loader::loader::{BzImage, Elf, KernelLoader, PvhBootCapability};
 use vm_memory::{Bytes, GuestAddress};
 
 use crate::cpu::{EntryMode, EntryPoint};
-use crate::layout::{BOOT_INFO_ADDR, BOOT_INFO_SIZE, CMDLINE_ADDR, HIGH_MEMORY_START, ZERO_PAGE_ADDR};
+use crate::layout::{
+    BOOT_INFO_ADDR, BOOT_INFO_SIZE, CMDLINE_ADDR, HIGH_MEMORY_START, ZERO_PAGE_ADDR,
+};
 use crate::memory_map::{e820_map, low_ram_end};
 use crate::{elf, linux, multiboot, pvh, write_bytes, GuestMemory};
 
@@ -118,12 +120,18 @@ pub enum LoadError {
 
 /// Loads `image` into `mem` (fresh, zeroed guest RAM of `mem_size` bytes) and
 /// prepares the boot protocol's structures.
-pub fn load(mem: &GuestMemory, mem_size: u64, image: &BootImage) -> Result<LoadedKernel, LoadError> {
+pub fn load(
+    mem: &GuestMemory,
+    mem_size: u64,
+    image: &BootImage,
+) -> Result<LoadedKernel, LoadError> {
     let ram_end = low_ram_end(mem_size);
     let kernel = load_kernel(mem, ram_end, image.kernel)?;
 
     let cmdline_max = match kernel.format {
-        KernelFormat::BzImage | KernelFormat::LinuxElf => linux::cmdline_limit(kernel.setup.as_ref()),
+        KernelFormat::BzImage | KernelFormat::LinuxElf => {
+            linux::cmdline_limit(kernel.setup.as_ref())
+        }
         _ => crate::layout::CMDLINE_MAX_SIZE - 1,
     };
     write_cmdline(mem, image.cmdline, cmdline_max)?;
@@ -154,20 +162,33 @@ pub fn load(mem: &GuestMemory, mem_size: u64, image: &BootImage) -> Result<Loade
                 start: addr as u32,
                 end: (addr + size) as u32,
             });
-            let info = multiboot::build_info(BOOT_INFO_ADDR as u32, &e820, CMDLINE_ADDR as u32, module);
+            let info =
+                multiboot::build_info(BOOT_INFO_ADDR as u32, &e820, CMDLINE_ADDR as u32, module);
             write_boot_info(mem, "multiboot info", &info)?;
             entry.rax = u64::from(multiboot::BOOTLOADER_MAGIC);
             entry.rbx = BOOT_INFO_ADDR;
         }
         KernelFormat::BzImage | KernelFormat::LinuxElf => {
-            let params =
-                linux::build_boot_params(kernel.setup, &e820, CMDLINE_ADDR, image.cmdline.len(), initrd);
+            let params = linux::build_boot_params(
+                kernel.setup,
+                &e820,
+                CMDLINE_ADDR,
+                image.cmdline.len(),
+                initrd,
+            );
             mem.write_obj(params, GuestAddress(ZERO_PAGE_ADDR))
-                .map_err(|source| crate::Error::GuestWrite { what: "boot_params", addr: ZERO_PAGE_ADDR, source })?;
+                .map_err(|source| crate::Error::GuestWrite {
+                    what: "boot_params",
+                    addr: ZERO_PAGE_ADDR,
+                    source,
+                })?;
             entry.rsi = ZERO_PAGE_ADDR;
         }
     }
-    Ok(LoadedKernel { format: kernel.format, entry })
+    Ok(LoadedKernel {
+        format: kernel.format,
+        entry,
+    })
 }
 
 struct KernelPlacement {
@@ -189,7 +210,11 @@ impl KernelPlacement {
 const XLF_KERNEL_64: u16 = 1;
 const BZIMAGE_64BIT_ENTRY_OFFSET: u64 = 0x200;
 
-fn load_kernel(mem: &GuestMemory, ram_end: u64, kernel: &[u8]) -> Result<KernelPlacement, LoadError> {
+fn load_kernel(
+    mem: &GuestMemory,
+    ram_end: u64,
+    kernel: &[u8],
+) -> Result<KernelPlacement, LoadError> {
     let mb_header = multiboot::find_header(kernel).transpose()?;
     if elf::is_elf(kernel) {
         let parsed = elf::parse(kernel)?;
@@ -200,16 +225,31 @@ fn load_kernel(mem: &GuestMemory, ram_end: u64, kernel: &[u8]) -> Result<KernelP
             return load_multiboot(mem, ram_end, kernel, header, Some(parsed));
         }
         check_segments(&parsed, ram_end)?;
-        let result = Elf::load(mem, None, &mut Cursor::new(kernel), Some(GuestAddress(HIGH_MEMORY_START)))?;
+        let result = Elf::load(
+            mem,
+            None,
+            &mut Cursor::new(kernel),
+            Some(GuestAddress(HIGH_MEMORY_START)),
+        )?;
         let (format, entry) = match result.pvh_boot_cap {
             PvhBootCapability::PvhEntryPresent(addr) => (KernelFormat::Pvh, addr.0),
             _ if mb_header.is_some() => (KernelFormat::Multiboot, parsed.entry),
             _ => (KernelFormat::LinuxElf, result.kernel_load.0),
         };
-        return Ok(KernelPlacement { format, entry, end: result.kernel_end, setup: None });
+        return Ok(KernelPlacement {
+            format,
+            entry,
+            end: result.kernel_end,
+            setup: None,
+        });
     }
     if kernel.get(0x202..0x206) == Some(b"HdrS") {
-        let result = BzImage::load(mem, None, &mut Cursor::new(kernel), Some(GuestAddress(HIGH_MEMORY_START)))?;
+        let result = BzImage::load(
+            mem,
+            None,
+            &mut Cursor::new(kernel),
+            Some(GuestAddress(HIGH_MEMORY_START)),
+        )?;
         let Some(hdr) = result.setup_header else {
             return Err(LoadError::Unrecognised);
         };
@@ -217,7 +257,10 @@ fn load_kernel(mem: &GuestMemory, ram_end: u64, kernel: &[u8]) -> Result<KernelP
             return Err(LoadError::No64BitEntry(hdr.version));
         }
         if result.kernel_end > ram_end {
-            return Err(LoadError::SegmentOutsideRam { addr: result.kernel_load.0, size: kernel.len() as u64 });
+            return Err(LoadError::SegmentOutsideRam {
+                addr: result.kernel_load.0,
+                size: kernel.len() as u64,
+            });
         }
         return Ok(KernelPlacement {
             format: KernelFormat::BzImage,
@@ -227,14 +270,18 @@ fn load_kernel(mem: &GuestMemory, ram_end: u64, kernel: &[u8]) -> Result<KernelP
         });
     }
     match mb_header {
-        Some(header) if header.addresses.is_some() => load_multiboot(mem, ram_end, kernel, header, None),
+        Some(header) if header.addresses.is_some() => {
+            load_multiboot(mem, ram_end, kernel, header, None)
+        }
         _ => Err(LoadError::Unrecognised),
     }
 }
 
 fn check_segment(addr: u64, size: u64, ram_end: u64) -> Result<(), LoadError> {
     let outside = LoadError::SegmentOutsideRam { addr, size };
-    let end = addr.checked_add(size).ok_or(LoadError::SegmentOutsideRam { addr, size })?;
+    let end = addr
+        .checked_add(size)
+        .ok_or(LoadError::SegmentOutsideRam { addr, size })?;
     if addr < HIGH_MEMORY_START || end > ram_end {
         return Err(outside);
     }
@@ -242,7 +289,10 @@ fn check_segment(addr: u64, size: u64, ram_end: u64) -> Result<(), LoadError> {
 }
 
 fn check_segments(image: &elf::ElfImage, ram_end: u64) -> Result<(), LoadError> {
-    image.segments.iter().try_for_each(|s| check_segment(s.paddr, s.memsz, ram_end))
+    image
+        .segments
+        .iter()
+        .try_for_each(|s| check_segment(s.paddr, s.memsz, ram_end))
 }
 
 /// Loads a multiboot kernel: from its ELF program headers, or from the
@@ -267,7 +317,12 @@ fn load_multiboot(
         write_bytes(mem, "kernel segment", s.paddr, bytes)?;
         end = end.max(s.paddr + s.memsz);
     }
-    Ok(KernelPlacement { format: KernelFormat::Multiboot, entry, end, setup: None })
+    Ok(KernelPlacement {
+        format: KernelFormat::Multiboot,
+        entry,
+        end,
+        setup: None,
+    })
 }
 
 fn aout_kludge_segment(
@@ -276,13 +331,21 @@ fn aout_kludge_segment(
     [header_addr, load_addr, load_end_addr, bss_end_addr, entry_addr]: [u32; 5],
 ) -> Result<(Vec<elf::Segment>, u64), LoadError> {
     let bad = |what| LoadError::Elf(elf::ElfError::Malformed(what));
-    let back = header_addr.checked_sub(load_addr).ok_or(bad("multiboot load_addr above header_addr"))?;
-    let offset = (header_offset as u64).checked_sub(u64::from(back)).ok_or(bad("multiboot load_addr before the file"))?;
+    let back = header_addr
+        .checked_sub(load_addr)
+        .ok_or(bad("multiboot load_addr above header_addr"))?;
+    let offset = (header_offset as u64)
+        .checked_sub(u64::from(back))
+        .ok_or(bad("multiboot load_addr before the file"))?;
     let file_left = kernel.len() as u64 - offset;
     let filesz = if load_end_addr == 0 {
         file_left
     } else {
-        u64::from(load_end_addr.checked_sub(load_addr).ok_or(bad("multiboot load_end_addr below load_addr"))?)
+        u64::from(
+            load_end_addr
+                .checked_sub(load_addr)
+                .ok_or(bad("multiboot load_end_addr below load_addr"))?,
+        )
     };
     if filesz > file_left {
         return Err(bad("multiboot load_end_addr past the end of the file"));
@@ -290,10 +353,19 @@ fn aout_kludge_segment(
     let memsz = if bss_end_addr == 0 {
         filesz
     } else {
-        u64::from(bss_end_addr.checked_sub(load_addr).ok_or(bad("multiboot bss_end_addr below load_addr"))?)
-            .max(filesz)
+        u64::from(
+            bss_end_addr
+                .checked_sub(load_addr)
+                .ok_or(bad("multiboot bss_end_addr below load_addr"))?,
+        )
+        .max(filesz)
     };
-    let seg = elf::Segment { offset, paddr: u64::from(load_addr), filesz, memsz };
+    let seg = elf::Segment {
+        offset,
+        paddr: u64::from(load_addr),
+        filesz,
+        memsz,
+    };
     Ok((vec![seg], u64::from(entry_addr)))
 }
 
@@ -302,7 +374,10 @@ fn write_cmdline(mem: &GuestMemory, cmdline: &str, max: usize) -> Result<(), Loa
         return Err(LoadError::CmdlineNul);
     }
     if cmdline.len() > max {
-        return Err(LoadError::CmdlineTooLong { len: cmdline.len(), max });
+        return Err(LoadError::CmdlineTooLong {
+            len: cmdline.len(),
+            max,
+        });
     }
     let mut bytes = Vec::with_capacity(cmdline.len() + 1);
     bytes.extend_from_slice(cmdline.as_bytes());
@@ -314,13 +389,29 @@ fn write_cmdline(mem: &GuestMemory, cmdline: &str, max: usize) -> Result<(), Loa
 const PAGE: u64 = 0x1000;
 
 /// Places the initramfs as high as `limit` allows, page-aligned, above the kernel.
-fn place_initramfs(mem: &GuestMemory, bytes: &[u8], kernel_end: u64, limit: u64) -> Result<(u64, u64), LoadError> {
+fn place_initramfs(
+    mem: &GuestMemory,
+    bytes: &[u8],
+    kernel_end: u64,
+    limit: u64,
+) -> Result<(u64, u64), LoadError> {
     let size = bytes.len() as u64;
-    let too_large = LoadError::InitramfsTooLarge { size, kernel_end, limit };
-    let lowest = kernel_end.checked_add(PAGE - 1).ok_or(LoadError::Unrecognised)? & !(PAGE - 1);
+    let too_large = LoadError::InitramfsTooLarge {
+        size,
+        kernel_end,
+        limit,
+    };
+    let lowest = kernel_end
+        .checked_add(PAGE - 1)
+        .ok_or(LoadError::Unrecognised)?
+        & !(PAGE - 1);
     let addr = limit.checked_sub(size).ok_or(too_large)? & !(PAGE - 1);
     if addr < lowest {
-        return Err(LoadError::InitramfsTooLarge { size, kernel_end, limit });
+        return Err(LoadError::InitramfsTooLarge {
+            size,
+            kernel_end,
+            limit,
+        });
     }
     write_bytes(mem, "initramfs", addr, bytes)?;
     Ok((addr, size))
@@ -356,19 +447,25 @@ mod tests {
     fn loads_multiboot_elf32_with_module() {
         let mem = memory(64 << 20);
         let initrd = b"initrd-bytes".to_vec();
-        let img = BootImage { kernel: &multiboot_elf32(), initramfs: Some(&initrd), cmdline: "hello" };
+        let img = BootImage {
+            kernel: &multiboot_elf32(),
+            initramfs: Some(&initrd),
+            cmdline: "hello",
+        };
         let loaded = load(&mem, 64 << 20, &img).unwrap();
         assert_eq!(loaded.format, KernelFormat::Multiboot);
         assert_eq!(loaded.entry.mode, EntryMode::Protected32);
         assert_eq!(loaded.entry.rax, 0x2bad_b002);
         assert_eq!(loaded.entry.rbx, BOOT_INFO_ADDR);
         let mut info = [0u8; 64];
-        mem.read_slice(&mut info, GuestAddress(BOOT_INFO_ADDR)).unwrap();
+        mem.read_slice(&mut info, GuestAddress(BOOT_INFO_ADDR))
+            .unwrap();
         assert_eq!(le32(&info, 20), Some(1));
         let mods = le32(&info, 24).unwrap();
         let start: u32 = mem.read_obj(GuestAddress(u64::from(mods))).unwrap();
         let mut head = [0u8; 12];
-        mem.read_slice(&mut head, GuestAddress(u64::from(start))).unwrap();
+        mem.read_slice(&mut head, GuestAddress(u64::from(start)))
+            .unwrap();
         assert_eq!(&head, b"initrd-bytes");
         assert_eq!(start % 4096, 0);
     }
@@ -376,21 +473,55 @@ mod tests {
     #[test]
     fn refuses_unknown_and_hostile_images() {
         let mem = memory(64 << 20);
-        let img = |k: &'static [u8]| BootImage { kernel: k, initramfs: None, cmdline: "" };
-        assert!(matches!(load(&mem, 64 << 20, &img(b"garbage")), Err(LoadError::Unrecognised)));
-        assert!(matches!(load(&mem, 64 << 20, &img(&[])), Err(LoadError::Unrecognised)));
+        let img = |k: &'static [u8]| BootImage {
+            kernel: k,
+            initramfs: None,
+            cmdline: "",
+        };
+        assert!(matches!(
+            load(&mem, 64 << 20, &img(b"garbage")),
+            Err(LoadError::Unrecognised)
+        ));
+        assert!(matches!(
+            load(&mem, 64 << 20, &img(&[])),
+            Err(LoadError::Unrecognised)
+        ));
         let plain32 = elf32(0x10_0000, &[0x90; 16], 0);
-        let r = load(&mem, 64 << 20, &BootImage { kernel: &plain32, initramfs: None, cmdline: "" });
+        let r = load(
+            &mem,
+            64 << 20,
+            &BootImage {
+                kernel: &plain32,
+                initramfs: None,
+                cmdline: "",
+            },
+        );
         assert!(matches!(r, Err(LoadError::Elf32WithoutMultiboot)));
         // A segment loaded over the boot structures below 1 MiB.
         let mut low = multiboot_elf32();
         low[52 + 12..52 + 16].copy_from_slice(&0x7000u32.to_le_bytes());
-        let r = load(&mem, 64 << 20, &BootImage { kernel: &low, initramfs: None, cmdline: "" });
+        let r = load(
+            &mem,
+            64 << 20,
+            &BootImage {
+                kernel: &low,
+                initramfs: None,
+                cmdline: "",
+            },
+        );
         assert!(matches!(r, Err(LoadError::SegmentOutsideRam { .. })));
         // A segment past the end of RAM.
         let mut high = multiboot_elf32();
         high[52 + 12..52 + 16].copy_from_slice(&0x3ff_f000u32.to_le_bytes());
-        let r = load(&mem, 64 << 20, &BootImage { kernel: &high, initramfs: None, cmdline: "" });
+        let r = load(
+            &mem,
+            64 << 20,
+            &BootImage {
+                kernel: &high,
+                initramfs: None,
+                cmdline: "",
+            },
+        );
         assert!(matches!(r, Err(LoadError::SegmentOutsideRam { .. })));
     }
 
@@ -399,12 +530,36 @@ mod tests {
         let mem = memory(16 << 20);
         let k = multiboot_elf32();
         let long = "x".repeat(crate::layout::CMDLINE_MAX_SIZE);
-        let r = load(&mem, 16 << 20, &BootImage { kernel: &k, initramfs: None, cmdline: &long });
+        let r = load(
+            &mem,
+            16 << 20,
+            &BootImage {
+                kernel: &k,
+                initramfs: None,
+                cmdline: &long,
+            },
+        );
         assert!(matches!(r, Err(LoadError::CmdlineTooLong { .. })));
-        let r = load(&mem, 16 << 20, &BootImage { kernel: &k, initramfs: None, cmdline: "a\0b" });
+        let r = load(
+            &mem,
+            16 << 20,
+            &BootImage {
+                kernel: &k,
+                initramfs: None,
+                cmdline: "a\0b",
+            },
+        );
         assert!(matches!(r, Err(LoadError::CmdlineNul)));
         let big = vec![0u8; 16 << 20];
-        let r = load(&mem, 16 << 20, &BootImage { kernel: &k, initramfs: Some(&big), cmdline: "" });
+        let r = load(
+            &mem,
+            16 << 20,
+            &BootImage {
+                kernel: &k,
+                initramfs: Some(&big),
+                cmdline: "",
+            },
+        );
         assert!(matches!(r, Err(LoadError::InitramfsTooLarge { .. })));
     }
 
@@ -417,7 +572,15 @@ mod tests {
         k[0x206..0x208].copy_from_slice(&0x20bu16.to_le_bytes());
         k[0x211] = 1; // loadflags: LOADED_HIGH
         k[0x214..0x218].copy_from_slice(&0x10_0000u32.to_le_bytes()); // code32_start
-        let r = load(&mem, 64 << 20, &BootImage { kernel: &k, initramfs: None, cmdline: "" });
+        let r = load(
+            &mem,
+            64 << 20,
+            &BootImage {
+                kernel: &k,
+                initramfs: None,
+                cmdline: "",
+            },
+        );
         assert!(matches!(r, Err(LoadError::No64BitEntry(0x20b))), "{r:?}");
     }
 

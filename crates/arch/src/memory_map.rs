@@ -37,8 +37,16 @@ pub fn low_ram_end(size: u64) -> u64 {
 /// The e820 map of a guest (the EBDA, VGA hole and BIOS area are reserved) with `size` bytes of RAM (`size` at least 1 MiB).
 pub fn e820_map(size: u64) -> Vec<E820Entry> {
     let mut map = vec![
-        E820Entry { addr: 0, size: EBDA_ADDR, kind: E820_RAM },
-        E820Entry { addr: EBDA_ADDR, size: HIGH_MEMORY_START - EBDA_ADDR, kind: E820_RESERVED },
+        E820Entry {
+            addr: 0,
+            size: EBDA_ADDR,
+            kind: E820_RAM,
+        },
+        E820Entry {
+            addr: EBDA_ADDR,
+            size: HIGH_MEMORY_START - EBDA_ADDR,
+            kind: E820_RESERVED,
+        },
     ];
     let low_end = low_ram_end(size);
     if low_end > HIGH_MEMORY_START {
@@ -49,7 +57,11 @@ pub fn e820_map(size: u64) -> Vec<E820Entry> {
         });
     }
     if size > low_end {
-        map.push(E820Entry { addr: MMIO_HOLE_END, size: size - low_end, kind: E820_RAM });
+        map.push(E820Entry {
+            addr: MMIO_HOLE_END,
+            size: size - low_end,
+            kind: E820_RAM,
+        });
     }
     map
 }
@@ -63,7 +75,14 @@ mod tests {
         assert_eq!(ram_regions(512 << 20), vec![(0, 512 << 20)]);
         let map = e820_map(512 << 20);
         assert_eq!(map.len(), 3);
-        assert_eq!(map[2], E820Entry { addr: 0x10_0000, size: (512 << 20) - 0x10_0000, kind: 1 });
+        assert_eq!(
+            map[2],
+            E820Entry {
+                addr: 0x10_0000,
+                size: (512 << 20) - 0x10_0000,
+                kind: 1
+            }
+        );
     }
 
     #[test]
@@ -71,10 +90,16 @@ mod tests {
         let size = 6u64 << 30;
         assert_eq!(ram_regions(size), vec![(0, 3 << 30), (4 << 30, 3 << 30)]);
         let map = e820_map(size);
-        let ram: u64 = map.iter().filter(|e| e.kind == E820_RAM).map(|e| e.size).sum();
+        let ram: u64 = map
+            .iter()
+            .filter(|e| e.kind == E820_RAM)
+            .map(|e| e.size)
+            .sum();
         // Only the 384 KiB between the EBDA and 1 MiB are not RAM.
         assert_eq!(ram, size - (HIGH_MEMORY_START - EBDA_ADDR));
-        assert!(map.iter().all(|e| e.addr + e.size <= MMIO_HOLE_START || e.addr >= MMIO_HOLE_END));
+        assert!(map
+            .iter()
+            .all(|e| e.addr + e.size <= MMIO_HOLE_START || e.addr >= MMIO_HOLE_END));
     }
 
     /// The layout is guest ABI: pin it.

@@ -32,24 +32,54 @@ pub fn build(cpus: u32, addr: u64) -> Result<Vec<u8>> {
     let ioapic_id = cpus as u8;
     let mut t = LeWriter::new();
     // Configuration table header; length, count and checksum are patched below.
-    t.bytes(b"PCMP").u16(0).u8(4).u8(0).bytes(b"FERROVSR").bytes(b"FERROVISOR  ");
-    t.u32(0).u16(0).u16(0).u32(LAPIC_ADDR as u32).u16(0).u8(0).u8(0);
+    t.bytes(b"PCMP")
+        .u16(0)
+        .u8(4)
+        .u8(0)
+        .bytes(b"FERROVSR")
+        .bytes(b"FERROVISOR  ");
+    t.u32(0)
+        .u16(0)
+        .u16(0)
+        .u32(LAPIC_ADDR as u32)
+        .u16(0)
+        .u8(0)
+        .u8(0);
     let mut entries = 0u16;
     for id in 0..cpus {
         let flags = CPU_ENABLED | if id == 0 { CPU_BSP } else { 0 };
-        t.u8(ENTRY_PROCESSOR).u8(id as u8).u8(APIC_VERSION).u8(flags);
+        t.u8(ENTRY_PROCESSOR)
+            .u8(id as u8)
+            .u8(APIC_VERSION)
+            .u8(flags);
         t.u32(0x600).u32(0x201).u64(0);
         entries += 1;
     }
     t.u8(ENTRY_BUS).u8(0).bytes(b"ISA   ");
-    t.u8(ENTRY_IOAPIC).u8(ioapic_id).u8(IOAPIC_VERSION).u8(1).u32(IOAPIC_ADDR as u32);
+    t.u8(ENTRY_IOAPIC)
+        .u8(ioapic_id)
+        .u8(IOAPIC_VERSION)
+        .u8(1)
+        .u32(IOAPIC_ADDR as u32);
     entries += 2;
     for irq in 0..ISA_IRQS {
-        t.u8(ENTRY_IO_INTERRUPT).u8(INT_TYPE_INT).u16(0).u8(0).u8(irq).u8(ioapic_id).u8(irq);
+        t.u8(ENTRY_IO_INTERRUPT)
+            .u8(INT_TYPE_INT)
+            .u16(0)
+            .u8(0)
+            .u8(irq)
+            .u8(ioapic_id)
+            .u8(irq);
         entries += 1;
     }
     for (kind, lint) in [(INT_TYPE_EXTINT, 0u8), (INT_TYPE_NMI, 1u8)] {
-        t.u8(ENTRY_LOCAL_INTERRUPT).u8(kind).u16(0).u8(0).u8(0).u8(0xff).u8(lint);
+        t.u8(ENTRY_LOCAL_INTERRUPT)
+            .u8(kind)
+            .u16(0)
+            .u8(0)
+            .u8(0)
+            .u8(0xff)
+            .u8(lint);
         entries += 1;
     }
     let len = u16::try_from(t.len()).map_err(|_| Error::TooLarge("MP table"))?;
@@ -60,7 +90,13 @@ pub fn build(cpus: u32, addr: u64) -> Result<Vec<u8>> {
 
     let config_addr = addr + 16;
     let mut fp = LeWriter::new();
-    fp.bytes(b"_MP_").u32(config_addr as u32).u8(1).u8(4).u8(0).u8(0).u32(0);
+    fp.bytes(b"_MP_")
+        .u32(config_addr as u32)
+        .u8(1)
+        .u8(4)
+        .u8(0)
+        .u8(0)
+        .u32(0);
     let sum = checksum(fp.as_slice());
     fp.patch_u8(10, sum);
 

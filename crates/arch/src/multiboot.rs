@@ -2,8 +2,8 @@
 //! the information structure the kernel receives in EBX.
 
 use crate::bytes::{le32, LeWriter};
-use crate::memory_map::{E820Entry, E820_RAM};
 use crate::layout::{EBDA_ADDR, HIGH_MEMORY_START};
+use crate::memory_map::{E820Entry, E820_RAM};
 
 /// The magic a multiboot kernel puts in its header.
 pub const HEADER_MAGIC: u32 = 0x1bad_b002;
@@ -67,7 +67,11 @@ fn parse_header(file: &[u8], offset: usize, flags: u32) -> Result<Header, Header
     } else {
         None
     };
-    Ok(Header { offset, flags, addresses })
+    Ok(Header {
+        offset,
+        flags,
+        addresses,
+    })
 }
 
 /// A module handed to the kernel (the initramfs).
@@ -118,15 +122,22 @@ pub fn build_info(
         flags |= INFO_MODULES;
     }
     let mut info = LeWriter::new();
-    info.u32(flags).u32(mem_lower_kib).u32(mem_upper_kib).u32(0xffff_ffff);
-    info.u32(cmdline_addr).u32(u32::from(module.is_some())).u32(mods_addr);
+    info.u32(flags)
+        .u32(mem_lower_kib)
+        .u32(mem_upper_kib)
+        .u32(0xffff_ffff);
+    info.u32(cmdline_addr)
+        .u32(u32::from(module.is_some()))
+        .u32(mods_addr);
     info.u32(0).u32(0).u32(0).u32(0); // symbol table: none
     info.u32(mmap.len() as u32).u32(mmap_addr);
     info.u32(0).u32(0).u32(0); // drives length and address, config table
     info.u32(name_addr).u32(0); // boot loader name, APM table
     info.bytes(&[0u8; INFO_SIZE - 72]); // VBE fields: none
     debug_assert_eq!(info.len(), INFO_SIZE);
-    info.bytes(mmap.as_slice()).bytes(mods.as_slice()).bytes(b"ferrovisor\0");
+    info.bytes(mmap.as_slice())
+        .bytes(mods.as_slice())
+        .bytes(b"ferrovisor\0");
     info.into_vec()
 }
 
@@ -139,13 +150,24 @@ mod tests {
         let mut f = vec![0u8; 64];
         f[16..20].copy_from_slice(&HEADER_MAGIC.to_le_bytes());
         f[20..24].copy_from_slice(&flags.to_le_bytes());
-        f[24..28].copy_from_slice(&0u32.wrapping_sub(HEADER_MAGIC.wrapping_add(flags)).to_le_bytes());
+        f[24..28].copy_from_slice(
+            &0u32
+                .wrapping_sub(HEADER_MAGIC.wrapping_add(flags))
+                .to_le_bytes(),
+        );
         f
     }
 
     #[test]
     fn finds_header() {
-        assert_eq!(find_header(&header(3)), Some(Ok(Header { offset: 16, flags: 3, addresses: None })));
+        assert_eq!(
+            find_header(&header(3)),
+            Some(Ok(Header {
+                offset: 16,
+                flags: 3,
+                addresses: None
+            }))
+        );
     }
 
     #[test]
@@ -153,7 +175,10 @@ mod tests {
         let mut f = header(0);
         f[24] ^= 1;
         assert_eq!(find_header(&f), None);
-        assert!(matches!(find_header(&header(1 << 5)), Some(Err(HeaderError::Unsupported(_)))));
+        assert!(matches!(
+            find_header(&header(1 << 5)),
+            Some(Err(HeaderError::Unsupported(_)))
+        ));
         let f = header(FLAG_ADDRESSES);
         assert_eq!(find_header(&f[..40]), Some(Err(HeaderError::Truncated)));
         assert_eq!(find_header(&[]), None);
@@ -162,7 +187,15 @@ mod tests {
     #[test]
     fn info_layout() {
         let map = e820_map(128 << 20);
-        let info = build_info(0x6000, &map, 0x20000, Some(Module { start: 0x700_0000, end: 0x700_0010 }));
+        let info = build_info(
+            0x6000,
+            &map,
+            0x20000,
+            Some(Module {
+                start: 0x700_0000,
+                end: 0x700_0010,
+            }),
+        );
         let flags = le32(&info, 0).unwrap();
         assert_eq!(flags & INFO_MODULES, INFO_MODULES);
         assert_eq!(le32(&info, 4), Some(639));

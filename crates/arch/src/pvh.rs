@@ -23,14 +23,26 @@ pub struct Module {
 
 /// Builds the start info to be placed at `addr`, followed by the module list
 /// and the memory map.
-pub fn build_start_info(addr: u64, e820: &[E820Entry], cmdline_addr: u64, module: Option<Module>) -> Vec<u8> {
+pub fn build_start_info(
+    addr: u64,
+    e820: &[E820Entry],
+    cmdline_addr: u64,
+    module: Option<Module>,
+) -> Vec<u8> {
     let modlist_addr = addr + START_INFO_SIZE;
     let nr_modules = u32::from(module.is_some());
     let memmap_addr = modlist_addr + u64::from(nr_modules) * MODLIST_ENTRY_SIZE;
     let mut w = LeWriter::new();
-    w.u32(START_INFO_MAGIC).u32(START_INFO_VERSION).u32(0).u32(nr_modules);
+    w.u32(START_INFO_MAGIC)
+        .u32(START_INFO_VERSION)
+        .u32(0)
+        .u32(nr_modules);
     w.u64(if module.is_some() { modlist_addr } else { 0 });
-    w.u64(cmdline_addr).u64(0).u64(memmap_addr).u32(e820.len() as u32).u32(0);
+    w.u64(cmdline_addr)
+        .u64(0)
+        .u64(memmap_addr)
+        .u32(e820.len() as u32)
+        .u32(0);
     if let Some(m) = module {
         w.u64(m.addr).u64(m.size).u64(0).u64(0);
     }
@@ -49,7 +61,15 @@ mod tests {
     #[test]
     fn start_info_layout() {
         let map = e820_map(256 << 20);
-        let b = build_start_info(0x6000, &map, 0x20000, Some(Module { addr: 0x800_0000, size: 77 }));
+        let b = build_start_info(
+            0x6000,
+            &map,
+            0x20000,
+            Some(Module {
+                addr: 0x800_0000,
+                size: 77,
+            }),
+        );
         assert_eq!(le32(&b, 0), Some(START_INFO_MAGIC));
         assert_eq!(le32(&b, 12), Some(1));
         assert_eq!(le64(&b, 16), Some(0x6000 + 56));

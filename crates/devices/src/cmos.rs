@@ -39,7 +39,9 @@ pub struct Cmos {
 }
 
 fn host_now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// Days since 1970-01-01 to (year, month, day), proleptic Gregorian.
@@ -100,7 +102,12 @@ impl Cmos {
         // Memory above 4 GiB in 64 KiB units (24 bits).
         let high = (mem_above_4g >> 16).min(0xff_ffff) as u32;
         nvram[0x5b..0x5e].copy_from_slice(&high.to_le_bytes()[..3]);
-        Cmos { index: 0, nvram, offset: 0, now }
+        Cmos {
+            index: 0,
+            nvram,
+            offset: 0,
+            now,
+        }
     }
 
     fn encode(&self, v: u8) -> u8 {
@@ -273,7 +280,10 @@ mod tests {
         write(&mut c, 0x0b, B_24H);
         assert_eq!(read(&mut c, 0x09), 0x30);
         assert_eq!(read(&mut c, 0x08), 0x11);
-        assert_eq!(c.offset, days_from_civil(2030, 11, 23) * 86_400 - (NOW - NOW % 86_400));
+        assert_eq!(
+            c.offset,
+            days_from_civil(2030, 11, 23) * 86_400 - (NOW - NOW % 86_400)
+        );
     }
 
     #[test]

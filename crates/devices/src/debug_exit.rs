@@ -62,7 +62,11 @@ mod tests {
         d.write(0, &[]);
         assert_eq!(
             *seen.lock().unwrap(),
-            vec![GuestRequest::DebugExit(3), GuestRequest::DebugExit(0x201), GuestRequest::DebugExit(0)]
+            vec![
+                GuestRequest::DebugExit(3),
+                GuestRequest::DebugExit(0x201),
+                GuestRequest::DebugExit(0)
+            ]
         );
     }
 }

@@ -31,7 +31,9 @@ pub struct I8042 {
 impl I8042 {
     /// An i8042 whose reset reports to `sink`.
     pub fn new(sink: GuestRequestSink) -> I8042 {
-        I8042 { inner: I8042Device::new(ResetLine(sink)) }
+        I8042 {
+            inner: I8042Device::new(ResetLine(sink)),
+        }
     }
 }
 

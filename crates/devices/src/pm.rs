@@ -38,7 +38,13 @@ pub struct PowerManagement {
 impl PowerManagement {
     /// A PM block reporting power-off to `sink`.
     pub fn new(sink: GuestRequestSink) -> PowerManagement {
-        PowerManagement { sink, pm1_status: 0, pm1_enable: 0, pm1_control: SCI_EN, started: Instant::now() }
+        PowerManagement {
+            sink,
+            pm1_status: 0,
+            pm1_enable: 0,
+            pm1_control: SCI_EN,
+            started: Instant::now(),
+        }
     }
 
     fn timer(&self) -> u32 {
@@ -58,7 +64,9 @@ impl PowerManagement {
 /// Reads `width` little-endian bytes of `value` starting at byte `shift`.
 fn put(data: &mut [u8], value: u64, shift: u64) {
     for (i, b) in data.iter_mut().enumerate() {
-        *b = value.checked_shr(((shift + i as u64) * 8) as u32).unwrap_or(0) as u8;
+        *b = value
+            .checked_shr(((shift + i as u64) * 8) as u32)
+            .unwrap_or(0) as u8;
     }
 }
 

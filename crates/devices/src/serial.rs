@@ -45,7 +45,11 @@ impl SerialPort {
     /// A UART raising `irq` and writing guest output to `out`.
     pub fn new(irq: EventFd, out: Box<dyn Write + Send>) -> io::Result<SerialPort> {
         let drained = EventFd::new(libc::EFD_CLOEXEC)?;
-        let uart = Serial::with_events(IrqLine(irq.try_clone()?), InputDrained(drained.try_clone()?), out);
+        let uart = Serial::with_events(
+            IrqLine(irq.try_clone()?),
+            InputDrained(drained.try_clone()?),
+            out,
+        );
         Ok(SerialPort { uart, irq, drained })
     }
 
@@ -98,7 +102,11 @@ impl BusDevice for SerialPort {
 
 /// Copies `input` into the guest's receive FIFO until end of input, waiting
 /// on `drained` whenever the FIFO is full. Never drops a byte.
-pub fn pump_input(port: &Arc<Mutex<SerialPort>>, drained: &EventFd, mut input: impl Read) -> io::Result<()> {
+pub fn pump_input(
+    port: &Arc<Mutex<SerialPort>>,
+    drained: &EventFd,
+    mut input: impl Read,
+) -> io::Result<()> {
     let mut buf = [0u8; 256];
     loop {
         let n = match input.read(&mut buf) {
@@ -109,7 +117,10 @@ pub fn pump_input(port: &Arc<Mutex<SerialPort>>, drained: &EventFd, mut input: i
         };
         let mut pending = &buf[..n];
         while !pending.is_empty() {
-            let taken = port.lock().unwrap_or_else(|p| p.into_inner()).enqueue(pending);
+            let taken = port
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .enqueue(pending);
             pending = &pending[taken..];
             if !pending.is_empty() {
                 drained.read()?;
@@ -137,7 +148,10 @@ mod tests {
 
     fn port() -> (SerialPort, Captured) {
         let out = Captured::default();
-        (SerialPort::new(EventFd::new(0).unwrap(), Box::new(out.clone())).unwrap(), out)
+        (
+            SerialPort::new(EventFd::new(0).unwrap(), Box::new(out.clone())).unwrap(),
+            out,
+        )
     }
 
     #[test]

@@ -60,8 +60,16 @@ impl Bus {
 
     /// Places `device` at `[base, base + len)`.
     pub fn insert(&mut self, device: SharedDevice, base: u64, len: u64) -> Result<(), Error> {
-        let end = base.checked_add(len).filter(|_| len > 0).ok_or(Error::InvalidRange { base, len })?;
-        if self.ranges.range(..end).next_back().is_some_and(|(b, e)| b + e.len > base) {
+        let end = base
+            .checked_add(len)
+            .filter(|_| len > 0)
+            .ok_or(Error::InvalidRange { base, len })?;
+        if self
+            .ranges
+            .range(..end)
+            .next_back()
+            .is_some_and(|(b, e)| b + e.len > base)
+        {
             return Err(Error::Overlap { base, len });
         }
         self.ranges.insert(base, Entry { len, device });
@@ -115,7 +123,9 @@ impl Bus {
 /// Locks a device, recovering from a poisoned lock: a device whose access
 /// panicked keeps its last consistent state rather than taking the VMM down.
 pub fn lock(device: &SharedDevice) -> std::sync::MutexGuard<'_, dyn BusDevice + 'static> {
-    device.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    device
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]

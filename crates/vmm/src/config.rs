@@ -1,0 +1,287 @@
+//! The VM configuration and the parsers of its command-line flags
+//! (Cloud Hypervisor style: `--cpus boot=2`, `--memory size=512M`,
+//! `--serial file=/tmp/out`).
+
+use std::path::PathBuf;
+
+/// The whole configuration of one VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmConfig {
+    /// The kernel image.
+    pub kernel: PathBuf,
+    /// The initramfs, if any.
+    pub initramfs: Option<PathBuf>,
+    /// The kernel command line.
+    pub cmdline: String,
+    /// vCPUs.
+    pub cpus: CpusConfig,
+    /// Guest RAM.
+    pub memory: MemoryConfig,
+    /// Where COM1 goes.
+    pub serial: SerialConfig,
+    /// Whether port 0xf4 ends the VMM (QEMU's isa-debug-exit).
+    pub debug_exit: bool,
+    /// What a guest reset does.
+    pub on_reboot: RebootPolicy,
+}
+
+/// `--cpus`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CpusConfig {
+    /// vCPUs started at boot.
+    pub boot: u32,
+}
+
+/// `--memory`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryConfig {
+    /// Guest RAM in bytes.
+    pub size: u64,
+}
+
+/// `--serial`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SerialConfig {
+    /// The VMM's stdin and stdout (a terminal is put in raw mode).
+    Tty,
+    /// Output appended to a file; no input.
+    File(PathBuf),
+    /// A Unix socket the VMM listens on; one client at a time.
+    Socket(PathBuf),
+    /// No serial port backend (the UART exists; output is discarded).
+    Off,
+}
+
+/// `--on-reboot`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RebootPolicy {
+    /// Rebuild the VM and boot again.
+    Restart,
+    /// End the VMM with status 0.
+    Exit,
+}
+
+/// A flag whose value could not be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{flag}: {message}")]
+pub struct ConfigError {
+    /// The flag, for example `--cpus`.
+    pub flag: &'static str,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl ConfigError {
+    /// An error about `flag`.
+    pub fn new(flag: &'static str, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            flag,
+            message: message.into(),
+        }
+    }
+}
+
+/// The largest guest RAM accepted (64 TiB).
+pub const MAX_MEMORY: u64 = 64 << 40;
+
+/// Splits `a=1,b=2` into pairs, refusing keys outside `known` and repeated keys.
+pub fn parse_options<'a>(
+    flag: &'static str,
+    value: &'a str,
+    known: &[&str],
+) -> Result<Vec<(&'a str, &'a str)>, ConfigError> {
+    let mut pairs: Vec<(&str, &str)> = Vec::new();
+    for item in value.split(',').filter(|s| !s.is_empty()) {
+        let (key, val) = item
+            .split_once('=')
+            .ok_or_else(|| ConfigError::new(flag, format!("'{item}' is not key=value")))?;
+        if !known.contains(&key) {
+            return Err(ConfigError::new(
+                flag,
+                format!("unknown option '{key}' (expected {})", known.join(", ")),
+            ));
+        }
+        if pairs.iter().any(|(k, _)| *k == key) {
+            return Err(ConfigError::new(flag, format!("'{key}' given twice")));
+        }
+        pairs.push((key, val));
+    }
+    Ok(pairs)
+}
+
+/// Parses a size with an optional binary suffix: `512M`, `4G`, `65536`, `64K`.
+pub fn parse_size(flag: &'static str, text: &str) -> Result<u64, ConfigError> {
+    let bad = || ConfigError::new(flag, format!("'{text}' is not a size (e.g. 512M, 4G)"));
+    let (digits, shift) = match text.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let shift = match c.to_ascii_uppercase() {
+                'K' => 10,
+                'M' => 20,
+                'G' => 30,
+                'T' => 40,
+                _ => return Err(bad()),
+            };
+            (&text[..i], shift)
+        }
+        _ => (text, 0),
+    };
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    n.checked_mul(1u64 << shift).ok_or_else(bad)
+}
+
+/// Parses `--cpus boot=N`.
+pub fn parse_cpus(value: &str) -> Result<CpusConfig, ConfigError> {
+    const FLAG: &str = "--cpus";
+    let mut boot = None;
+    for (key, val) in parse_options(FLAG, value, &["boot"])? {
+        if key == "boot" {
+            let n: u32 = val
+                .parse()
+                .map_err(|_| ConfigError::new(FLAG, format!("boot={val}: not a number")))?;
+            boot = Some(n);
+        }
+    }
+    let boot = boot.ok_or_else(|| ConfigError::new(FLAG, "boot=N is required"))?;
+    if boot == 0 {
+        return Err(ConfigError::new(
+            FLAG,
+            "boot=0: a VM needs at least one vCPU",
+        ));
+    }
+    Ok(CpusConfig { boot })
+}
+
+/// Parses `--memory size=SIZE`.
+pub fn parse_memory(value: &str) -> Result<MemoryConfig, ConfigError> {
+    const FLAG: &str = "--memory";
+    let mut size = None;
+    for (key, val) in parse_options(FLAG, value, &["size"])? {
+        if key == "size" {
+            size = Some(parse_size(FLAG, val)?);
+        }
+    }
+    let size = size.ok_or_else(|| ConfigError::new(FLAG, "size=SIZE is required"))?;
+    let min = arch::layout::MIN_MEMORY;
+    if size < min {
+        return Err(ConfigError::new(
+            FLAG,
+            format!("size={size}: at least {} MiB is needed", min >> 20),
+        ));
+    }
+    if size > MAX_MEMORY {
+        return Err(ConfigError::new(
+            FLAG,
+            format!("size={size}: at most {} TiB is supported", MAX_MEMORY >> 40),
+        ));
+    }
+    if size % 4096 != 0 {
+        return Err(ConfigError::new(
+            FLAG,
+            format!("size={size}: must be a multiple of 4 KiB"),
+        ));
+    }
+    Ok(MemoryConfig { size })
+}
+
+/// Parses `--serial tty|off|file=PATH|socket=PATH`.
+pub fn parse_serial(value: &str) -> Result<SerialConfig, ConfigError> {
+    const FLAG: &str = "--serial";
+    match value {
+        "tty" => return Ok(SerialConfig::Tty),
+        "off" => return Ok(SerialConfig::Off),
+        _ => {}
+    }
+    let pairs = parse_options(FLAG, value, &["file", "socket"])?;
+    match pairs.as_slice() {
+        [("file", p)] if !p.is_empty() => Ok(SerialConfig::File(PathBuf::from(p))),
+        [("socket", p)] if !p.is_empty() => Ok(SerialConfig::Socket(PathBuf::from(p))),
+        _ => Err(ConfigError::new(
+            FLAG,
+            format!("'{value}': expected tty, off, file=PATH or socket=PATH"),
+        )),
+    }
+}
+
+/// Parses `--on-reboot restart|exit`.
+pub fn parse_on_reboot(value: &str) -> Result<RebootPolicy, ConfigError> {
+    match value {
+        "restart" => Ok(RebootPolicy::Restart),
+        "exit" => Ok(RebootPolicy::Exit),
+        other => Err(ConfigError::new(
+            "--on-reboot",
+            format!("'{other}': expected restart or exit"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("x", "512M"), Ok(512 << 20));
+        assert_eq!(parse_size("x", "4g"), Ok(4 << 30));
+        assert_eq!(parse_size("x", "4096"), Ok(4096));
+        assert!(parse_size("x", "").is_err());
+        assert!(parse_size("x", "M").is_err());
+        assert!(parse_size("x", "12Q").is_err());
+        assert!(parse_size("x", "-1M").is_err());
+        assert!(parse_size("x", "99999999999999T").is_err());
+    }
+
+    #[test]
+    fn cpus() {
+        assert_eq!(parse_cpus("boot=4"), Ok(CpusConfig { boot: 4 }));
+        let e = parse_cpus("boot=0").unwrap_err();
+        assert_eq!(e.flag, "--cpus");
+        assert!(parse_cpus("boot=x").is_err());
+        assert!(parse_cpus("bogus=1")
+            .unwrap_err()
+            .message
+            .contains("unknown option 'bogus'"));
+        assert!(parse_cpus("boot=1,boot=2").is_err());
+        assert!(parse_cpus("").is_err());
+        assert!(parse_cpus("4").is_err());
+    }
+
+    #[test]
+    fn memory() {
+        assert_eq!(
+            parse_memory("size=512M"),
+            Ok(MemoryConfig { size: 512 << 20 })
+        );
+        assert!(parse_memory("size=1M")
+            .unwrap_err()
+            .message
+            .contains("at least"));
+        assert!(parse_memory("size=65T")
+            .unwrap_err()
+            .message
+            .contains("at most"));
+        assert!(parse_memory("size=16777217")
+            .unwrap_err()
+            .message
+            .contains("4 KiB"));
+        assert!(parse_memory("").is_err());
+    }
+
+    #[test]
+    fn serial() {
+        assert_eq!(parse_serial("tty"), Ok(SerialConfig::Tty));
+        assert_eq!(parse_serial("off"), Ok(SerialConfig::Off));
+        assert_eq!(
+            parse_serial("file=/tmp/x"),
+            Ok(SerialConfig::File("/tmp/x".into()))
+        );
+        assert_eq!(
+            parse_serial("socket=/tmp/s"),
+            Ok(SerialConfig::Socket("/tmp/s".into()))
+        );
+        assert!(parse_serial("file=").is_err());
+        assert!(parse_serial("file=a,socket=b").is_err());
+        assert!(parse_serial("pty").is_err());
+        assert_eq!(parse_on_reboot("exit"), Ok(RebootPolicy::Exit));
+        assert!(parse_on_reboot("halt").is_err());
+    }
+}
