@@ -71,6 +71,16 @@ fn init_logging(filter: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// clap's message without its usage and tips, on one line.
+fn one_line(text: &str) -> String {
+    text.lines()
+        .take_while(|l| !l.starts_with("Usage:"))
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("tip:"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 fn status(code: i32) -> ExitCode {
     ExitCode::from(code.clamp(0, 255) as u8)
 }
@@ -80,12 +90,7 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => e.exit(),
         Err(e) => {
-            // One line naming the flag; clap's usage text would follow it.
-            let text = e.to_string();
-            eprintln!(
-                "ferrovisor: {}",
-                text.lines().next().unwrap_or("invalid arguments")
-            );
+            eprintln!("ferrovisor: {}", one_line(&e.to_string()));
             return status(vmm::EXIT_CONFIG);
         }
     };

@@ -191,7 +191,13 @@ pub fn parse_serial(value: &str) -> Result<SerialConfig, ConfigError> {
         "off" => return Ok(SerialConfig::Off),
         _ => {}
     }
-    let pairs = parse_options(FLAG, value, &["file", "socket"])?;
+    let expected = || {
+        ConfigError::new(
+            FLAG,
+            format!("'{value}': expected tty, off, file=PATH or socket=PATH"),
+        )
+    };
+    let pairs = parse_options(FLAG, value, &["file", "socket"]).map_err(|_| expected())?;
     match pairs.as_slice() {
         [("file", p)] if !p.is_empty() => Ok(SerialConfig::File(PathBuf::from(p))),
         [("socket", p)] if !p.is_empty() => Ok(SerialConfig::Socket(PathBuf::from(p))),

@@ -119,18 +119,17 @@ pub fn run(config: &VmConfig) -> Result<Outcome, Error> {
 
 fn validate_cpus(config: &VmConfig, kvm_max: usize) -> Result<(), Error> {
     let boot = config.cpus.boot;
-    let limit = (kvm_max as u32).min(mptable::MAX_CPUS);
-    if boot > limit {
-        let why = if limit == mptable::MAX_CPUS && (kvm_max as u32) > limit {
-            format!(
-                "at most {limit} vCPUs until x2APIC and the ACPI MADT land (KVM allows {kvm_max})"
-            )
-        } else {
-            format!("KVM on this host allows at most {kvm_max} vCPUs")
-        };
-        return Err(ConfigError::new("--cpus", format!("boot={boot}: {why}")).into());
-    }
-    Ok(())
+    let why = if boot as usize > kvm_max {
+        format!("KVM on this host allows at most {kvm_max} vCPUs")
+    } else if boot > mptable::MAX_CPUS {
+        format!(
+            "at most {} vCPUs until x2APIC and the ACPI MADT land",
+            mptable::MAX_CPUS
+        )
+    } else {
+        return Ok(());
+    };
+    Err(ConfigError::new("--cpus", format!("boot={boot}: {why}")).into())
 }
 
 fn read_limited(flag: &'static str, path: &std::path::Path, limit: u64) -> Result<Vec<u8>, Error> {
