@@ -592,4 +592,60 @@ mod tests {
         assert!(aout_kludge_segment(&k, 8, [0x10_0010, 0x10_0000, 0, 0, 0]).is_err());
         assert!(aout_kludge_segment(&k, 16, [0x10_0010, 0x10_0000, 0x20_0000, 0, 0]).is_err());
     }
+
+    /// A tiny deterministic PRNG for mutation tests (xorshift64).
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+    }
+
+    fn bzimage_like() -> Vec<u8> {
+        let mut k = vec![0u8; 0x2000];
+        k[0x1f1] = 1;
+        k[0x202..0x206].copy_from_slice(b"HdrS");
+        k[0x206..0x208].copy_from_slice(&0x20fu16.to_le_bytes());
+        k[0x211] = 1;
+        k[0x214..0x218].copy_from_slice(&0x10_0000u32.to_le_bytes());
+        k[0x236..0x238].copy_from_slice(&1u16.to_le_bytes());
+        k
+    }
+
+    /// Mutated images of every format never panic the loader: they load or
+    /// are refused with an error.
+    #[test]
+    fn mutated_images_never_panic() {
+        let mem = memory(32 << 20);
+        let seeds = [multiboot_elf32(), bzimage_like(), {
+            let mut f = vec![0u8; 64];
+            f[0..4].copy_from_slice(&multiboot::HEADER_MAGIC.to_le_bytes());
+            let flags = multiboot::FLAG_ADDRESSES;
+            f[4..8].copy_from_slice(&flags.to_le_bytes());
+            f[8..12].copy_from_slice(&0u32.wrapping_sub(multiboot::HEADER_MAGIC.wrapping_add(flags)).to_le_bytes());
+            f[12..16].copy_from_slice(&0x10_0000u32.to_le_bytes());
+            f[16..20].copy_from_slice(&0x10_0000u32.to_le_bytes());
+            f[32..36].copy_from_slice(&0x10_0020u32.to_le_bytes());
+            f
+        }];
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        for seed in &seeds {
+            assert!(load(&mem, 32 << 20, &BootImage { kernel: seed, initramfs: None, cmdline: "" }).is_ok());
+            for _ in 0..3000 {
+                let mut k = seed.clone();
+                for _ in 0..1 + rng.next() % 8 {
+                    let i = (rng.next() % k.len() as u64) as usize;
+                    k[i] = rng.next() as u8;
+                }
+                if rng.next() % 8 == 0 {
+                    k.truncate((rng.next() % k.len() as u64) as usize);
+                }
+                let _ = load(&mem, 32 << 20, &BootImage { kernel: &k, initramfs: None, cmdline: "x" });
+            }
+        }
+    }
 }
