@@ -626,7 +626,11 @@ mod tests {
             f[0..4].copy_from_slice(&multiboot::HEADER_MAGIC.to_le_bytes());
             let flags = multiboot::FLAG_ADDRESSES;
             f[4..8].copy_from_slice(&flags.to_le_bytes());
-            f[8..12].copy_from_slice(&0u32.wrapping_sub(multiboot::HEADER_MAGIC.wrapping_add(flags)).to_le_bytes());
+            f[8..12].copy_from_slice(
+                &0u32
+                    .wrapping_sub(multiboot::HEADER_MAGIC.wrapping_add(flags))
+                    .to_le_bytes(),
+            );
             f[12..16].copy_from_slice(&0x10_0000u32.to_le_bytes());
             f[16..20].copy_from_slice(&0x10_0000u32.to_le_bytes());
             f[32..36].copy_from_slice(&0x10_0020u32.to_le_bytes());
@@ -634,7 +638,16 @@ mod tests {
         }];
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
         for seed in &seeds {
-            assert!(load(&mem, 32 << 20, &BootImage { kernel: seed, initramfs: None, cmdline: "" }).is_ok());
+            assert!(load(
+                &mem,
+                32 << 20,
+                &BootImage {
+                    kernel: seed,
+                    initramfs: None,
+                    cmdline: ""
+                }
+            )
+            .is_ok());
             for _ in 0..3000 {
                 let mut k = seed.clone();
                 for _ in 0..1 + rng.next() % 8 {
@@ -644,7 +657,15 @@ mod tests {
                 if rng.next() % 8 == 0 {
                     k.truncate((rng.next() % k.len() as u64) as usize);
                 }
-                let _ = load(&mem, 32 << 20, &BootImage { kernel: &k, initramfs: None, cmdline: "x" });
+                let _ = load(
+                    &mem,
+                    32 << 20,
+                    &BootImage {
+                        kernel: &k,
+                        initramfs: None,
+                        cmdline: "x",
+                    },
+                );
             }
         }
     }
