@@ -52,14 +52,12 @@ pub fn patch_for_vcpu(entries: &mut [kvm_cpuid_entry2], apic_id: u32, topo: Topo
                     e.edx &= !EDX_HTT;
                 }
             }
-            LEAF_CACHE_PARAMS => {
-                if e.eax & 0x1f != 0 {
-                    let cores_minus_one = (addressable - 1).min(63);
-                    let level = (e.eax >> 5) & 0x7;
-                    // L1 and L2 are per core; the last level is shared by the package.
-                    let sharing = if level >= 3 { addressable - 1 } else { 0 };
-                    e.eax = (e.eax & 0x3fff) | (sharing.min(0xfff) << 14) | (cores_minus_one << 26);
-                }
+            LEAF_CACHE_PARAMS if e.eax & 0x1f != 0 => {
+                let cores_minus_one = (addressable - 1).min(63);
+                let level = (e.eax >> 5) & 0x7;
+                // L1 and L2 are per core; the last level is shared by the package.
+                let sharing = if level >= 3 { addressable - 1 } else { 0 };
+                e.eax = (e.eax & 0x3fff) | (sharing.min(0xfff) << 14) | (cores_minus_one << 26);
             }
             LEAF_TOPOLOGY | LEAF_TOPOLOGY_V2 => {
                 e.edx = apic_id;

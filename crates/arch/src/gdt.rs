@@ -48,7 +48,7 @@ pub fn boot_gdt(long_mode: bool) -> [u64; 5] {
 
 /// The KVM view of GDT entry `entry` loaded with `selector`.
 pub fn segment_from_entry(entry: u64, selector: u16) -> kvm_segment {
-    let base = (((entry >> 16) & 0xff_ffff) | ((entry >> 32) & 0xff00_0000)) as u64;
+    let base = ((entry >> 16) & 0xff_ffff) | ((entry >> 32) & 0xff00_0000);
     let raw_limit = ((entry & 0xffff) | ((entry >> 32) & 0xf_0000)) as u32;
     let g = ((entry >> 55) & 1) as u8;
     let limit = if g == 1 {

@@ -40,8 +40,10 @@ pub fn build_boot_params(
     cmdline_len: usize,
     initrd: Option<(u64, u64)>,
 ) -> boot_params {
-    let mut params = boot_params::default();
-    params.hdr = hdr.unwrap_or_default();
+    let mut params = boot_params {
+        hdr: hdr.unwrap_or_default(),
+        ..Default::default()
+    };
     if hdr.is_none() {
         params.hdr.boot_flag = KERNEL_BOOT_FLAG_MAGIC;
         params.hdr.header = KERNEL_HDR_MAGIC;
