@@ -4,6 +4,7 @@
 //! debug-exit port; 0 after power-off, `--on-reboot exit` or SIGTERM/SIGINT;
 //! 2 for bad configuration; 3 for a guest fault; 1 for a VMM failure.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -65,6 +66,7 @@ fn init_logging(filter: &str) -> Result<(), String> {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .without_time()
         .with_target(false)
         .init();

@@ -1,0 +1,203 @@
+//! The 64-bit IDT: exception stubs that turn any CPU exception into a FAIL,
+//! the APIC timer handler (vector 0x40) and the spurious-interrupt handler.
+//!
+//! `extern "x86-interrupt"` is nightly-only, so the entry stubs are written
+//! in assembly.
+
+use crate::entry::SEL_CODE64;
+use crate::fail_reason;
+use core::arch::global_asm;
+use core::cell::UnsafeCell;
+use core::sync::atomic::{AtomicU64, Ordering};
+use x86_64::instructions::tables::lidt;
+use x86_64::registers::control::Cr2;
+use x86_64::structures::DescriptorTablePointer;
+use x86_64::VirtAddr;
+
+/// Vector of the local APIC timer.
+pub const TIMER_VECTOR: u8 = 0x40;
+/// Vector programmed into the APIC's spurious interrupt register.
+pub const SPURIOUS_VECTOR: u8 = 0xff;
+
+/// Interrupts taken on [`TIMER_VECTOR`].
+pub static TIMER_TICKS: AtomicU64 = AtomicU64::new(0);
+/// Address of the local APIC EOI register, written by the timer handler.
+pub static LAPIC_EOI_ADDR: AtomicU64 = AtomicU64::new(0xfee0_00b0);
+
+/// A 64-bit interrupt gate.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Gate {
+    offset_low: u16,
+    selector: u16,
+    ist: u8,
+    attributes: u8,
+    offset_mid: u16,
+    offset_high: u32,
+    reserved: u32,
+}
+
+impl Gate {
+    const MISSING: Gate = Gate {
+        offset_low: 0,
+        selector: 0,
+        ist: 0,
+        attributes: 0,
+        offset_mid: 0,
+        offset_high: 0,
+        reserved: 0,
+    };
+
+    /// Present, DPL 0, 64-bit interrupt gate (IF cleared on entry).
+    fn interrupt(handler: u64) -> Gate {
+        Gate {
+            offset_low: handler as u16,
+            selector: SEL_CODE64,
+            ist: 0,
+            attributes: 0x8e,
+            offset_mid: (handler >> 16) as u16,
+            offset_high: (handler >> 32) as u32,
+            reserved: 0,
+        }
+    }
+}
+
+#[repr(C, align(16))]
+struct Idt(UnsafeCell<[Gate; 256]>);
+
+// SAFETY: the table is written only by the boot CPU in `init`, before
+// interrupts are enabled and before any other CPU runs.
+unsafe impl Sync for Idt {}
+
+static IDT: Idt = Idt(UnsafeCell::new([Gate::MISSING; 256]));
+
+/// Stack layout built by the exception stubs (see `exc_common`).
+#[repr(C)]
+struct ExceptionFrame {
+    vector: u64,
+    error: u64,
+    rip: u64,
+    cs: u64,
+    rflags: u64,
+}
+
+extern "C" {
+    static exception_stubs: [u64; 32];
+    fn timer_isr();
+    fn spurious_isr();
+}
+
+/// Fills the IDT and loads it on this CPU.
+pub fn init() {
+    // SAFETY: only the boot CPU calls this, before `sti` and before APs run,
+    // so nothing else accesses the table.
+    let gates = unsafe { &mut *IDT.0.get() };
+    // SAFETY: `exception_stubs` is a read-only table defined below.
+    let stubs = unsafe { &*core::ptr::addr_of!(exception_stubs) };
+    for (gate, &stub) in gates.iter_mut().zip(stubs.iter()) {
+        *gate = Gate::interrupt(stub);
+    }
+    // Masked legacy PIC lines can still raise spurious IRQ 7/15; any of its
+    // vectors is simply ignored (no EOI: a spurious IRQ needs none, and the
+    // lines are masked).
+    let ignore = Gate::interrupt(spurious_isr as *const () as u64);
+    let pic = usize::from(crate::pic::VECTOR_BASE);
+    gates[pic..pic + 16].fill(ignore);
+    gates[usize::from(SPURIOUS_VECTOR)] = ignore;
+    gates[usize::from(TIMER_VECTOR)] = Gate::interrupt(timer_isr as *const () as u64);
+    load();
+}
+
+/// Loads the (already built) IDT on this CPU.
+pub fn load() {
+    let pointer = DescriptorTablePointer {
+        limit: (core::mem::size_of::<[Gate; 256]>() - 1) as u16,
+        base: VirtAddr::new(IDT.0.get() as u64),
+    };
+    // SAFETY: the IDT is a static with valid gates and is never moved.
+    unsafe { lidt(&pointer) };
+}
+
+/// Loads an IDT with limit 0: any exception then escalates to a triple fault.
+pub fn load_empty() {
+    let pointer = DescriptorTablePointer {
+        limit: 0,
+        base: VirtAddr::new(0),
+    };
+    // SAFETY: deliberately breaks exception delivery; used right before a
+    // forced triple fault.
+    unsafe { lidt(&pointer) };
+}
+
+/// Called by `exc_common` with the exception frame; reports and exits.
+extern "C" fn exception_handler(frame: &ExceptionFrame) -> ! {
+    crate::exit::finish(Err(fail_reason!(
+        "exception vector={} error={:#x} rip={:#x} cs={:#x} rflags={:#x} cr2={:#x}",
+        frame.vector,
+        frame.error,
+        frame.rip,
+        frame.cs,
+        frame.rflags,
+        Cr2::read_raw()
+    )))
+}
+
+global_asm!(
+    r#"
+    .macro exc_stub vec, has_error
+exc_stub_\vec:
+    .if \has_error == 0
+    push $0
+    .endif
+    push $\vec
+    jmp exc_common
+    .endm
+
+    .text
+    .irp v, 0,1,2,3,4,5,6,7,9,15,16,18,19,20,22,23,24,25,26,27,28,31
+    exc_stub \v, 0
+    .endr
+    .irp v, 8,10,11,12,13,14,17,21,29,30
+    exc_stub \v, 1
+    .endr
+
+exc_common:
+    mov %rsp, %rdi
+    and $-16, %rsp
+    call {handler}
+1:  cli
+    hlt
+    jmp 1b
+
+    .globl timer_isr
+timer_isr:
+    push %rax
+    lock incq {ticks}(%rip)
+    mov {eoi}(%rip), %rax
+    movl $0, (%rax)
+    pop %rax
+    iretq
+
+    .globl spurious_isr
+spurious_isr:
+    iretq
+
+    .section .rodata.exception_stubs, "a"
+    .balign 8
+    .globl exception_stubs
+exception_stubs:
+    .irp v, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
+    .quad exc_stub_\v
+    .endr
+    .text
+    "#,
+    handler = sym exception_handler,
+    ticks = sym TIMER_TICKS,
+    eoi = sym LAPIC_EOI_ADDR,
+    options(att_syntax)
+);
+
+/// Current number of timer ticks.
+pub fn timer_ticks() -> u64 {
+    TIMER_TICKS.load(Ordering::SeqCst)
+}

@@ -1,0 +1,53 @@
+//! The test programs, selected with `probe=NAME` on the command line.
+//!
+//! To add one, write a `fn(&StartInfo) -> Outcome` in its own module and
+//! list it in [`PROGRAMS`].
+
+mod boot;
+mod echo;
+mod fault;
+mod poweroff;
+mod reboot;
+
+use crate::bail;
+use crate::exit::Reason;
+use crate::start_info::StartInfo;
+
+/// `Ok` prints `probe: PASS`, `Err(reason)` prints `probe: FAIL <reason>`.
+pub type Outcome = Result<(), Reason>;
+
+struct Program {
+    name: &'static str,
+    run: fn(&StartInfo) -> Outcome,
+}
+
+const PROGRAMS: &[Program] = &[
+    Program {
+        name: "boot",
+        run: boot::run,
+    },
+    Program {
+        name: "echo",
+        run: echo::run,
+    },
+    Program {
+        name: "poweroff",
+        run: poweroff::run,
+    },
+    Program {
+        name: "reboot",
+        run: reboot::run,
+    },
+    Program {
+        name: "fault",
+        run: fault::run,
+    },
+];
+
+/// Runs the program called `name`.
+pub fn run(name: &str, info: &StartInfo) -> Outcome {
+    match PROGRAMS.iter().find(|program| program.name == name) {
+        Some(program) => (program.run)(info),
+        None => bail!("unknown program {}", name),
+    }
+}
