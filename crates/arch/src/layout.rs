@@ -37,3 +37,40 @@ pub const IOAPIC_ADDR: u64 = 0xfec0_0000;
 pub const LAPIC_ADDR: u64 = 0xfee0_0000;
 /// The smallest guest RAM Ferrovisor accepts.
 pub const MIN_MEMORY: u64 = 16 << 20;
+
+/// Start of the 32-bit PCI MMIO window (BARs below 4 GiB).
+pub const PCI_MMIO32_START: u64 = MMIO_HOLE_START;
+/// Size of the 32-bit PCI MMIO window.
+pub const PCI_MMIO32_SIZE: u64 = 0x2000_0000;
+/// PCIe ECAM (MMCONFIG) base: 1 MiB per bus.
+pub const PCI_ECAM_START: u64 = 0xe000_0000;
+/// PCI buses exposed through ECAM (bus 0 only).
+pub const PCI_ECAM_BUSES: u64 = 1;
+/// Size of the ECAM region actually decoded.
+pub const PCI_ECAM_SIZE: u64 = PCI_ECAM_BUSES << 20;
+/// The 64-bit PCI MMIO window starts at 64 GiB (or above RAM, for larger guests).
+pub const PCI_MMIO64_MIN_START: u64 = 64 << 30;
+/// Size of the 64-bit PCI MMIO window.
+pub const PCI_MMIO64_SIZE: u64 = 64 << 30;
+/// The ACPI RSDP, in the legacy search area (0xE0000–0xFFFFF); the other tables follow it.
+pub const ACPI_RSDP_ADDR: u64 = 0xe_0000;
+/// End of the area the ACPI tables may occupy.
+pub const ACPI_TABLES_END: u64 = HIGH_MEMORY_START;
+/// The ACPI SCI's ISA interrupt.
+pub const ACPI_SCI_IRQ: u32 = 9;
+
+/// The 64-bit PCI MMIO window `(start, size)` for a guest with `mem_size` bytes of RAM.
+pub const fn pci_mmio64_window(mem_size: u64) -> (u64, u64) {
+    let ram_end = if mem_size > MMIO_HOLE_START {
+        MMIO_HOLE_END + (mem_size - MMIO_HOLE_START)
+    } else {
+        MMIO_HOLE_END
+    };
+    let aligned = (ram_end + (1 << 30) - 1) & !((1 << 30) - 1);
+    let start = if aligned > PCI_MMIO64_MIN_START {
+        aligned
+    } else {
+        PCI_MMIO64_MIN_START
+    };
+    (start, PCI_MMIO64_SIZE)
+}

@@ -1,6 +1,8 @@
 //! Guest RAM regions for a memory size, and the e820 map that describes them.
 
-use crate::layout::{EBDA_ADDR, HIGH_MEMORY_START, MMIO_HOLE_END, MMIO_HOLE_START};
+use crate::layout::{
+    EBDA_ADDR, HIGH_MEMORY_START, MMIO_HOLE_END, MMIO_HOLE_START, PCI_ECAM_SIZE, PCI_ECAM_START,
+};
 
 /// e820 type of usable RAM.
 pub const E820_RAM: u32 = 1;
@@ -56,6 +58,12 @@ pub fn e820_map(size: u64) -> Vec<E820Entry> {
             kind: E820_RAM,
         });
     }
+    // Linux trusts the MCFG's ECAM window only when the firmware reserves it.
+    map.push(E820Entry {
+        addr: PCI_ECAM_START,
+        size: PCI_ECAM_SIZE,
+        kind: E820_RESERVED,
+    });
     if size > low_end {
         map.push(E820Entry {
             addr: MMIO_HOLE_END,
@@ -74,7 +82,15 @@ mod tests {
     fn small_guest_is_one_low_region() {
         assert_eq!(ram_regions(512 << 20), vec![(0, 512 << 20)]);
         let map = e820_map(512 << 20);
-        assert_eq!(map.len(), 3);
+        assert_eq!(map.len(), 4);
+        assert_eq!(
+            map[3],
+            E820Entry {
+                addr: 0xe000_0000,
+                size: 1 << 20,
+                kind: E820_RESERVED
+            }
+        );
         assert_eq!(
             map[2],
             E820Entry {
@@ -99,6 +115,7 @@ mod tests {
         assert_eq!(ram, size - (HIGH_MEMORY_START - EBDA_ADDR));
         assert!(map
             .iter()
+            .filter(|e| e.kind == E820_RAM)
             .all(|e| e.addr + e.size <= MMIO_HOLE_START || e.addr >= MMIO_HOLE_END));
     }
 
