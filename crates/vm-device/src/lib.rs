@@ -5,7 +5,7 @@
 //! so removing a device from the bus never frees it under a running access.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 /// A device on a bus. `offset` is relative to the start of its range, and
 /// `data.len()` is the access width (1, 2, 4 or 8 bytes; guests choose it).
@@ -47,9 +47,10 @@ struct Entry {
 }
 
 /// A set of non-overlapping address ranges, each served by one device.
-#[derive(Clone, Default)]
+/// Ranges can change while vCPUs use the bus (a guest moving a PCI BAR).
+#[derive(Default)]
 pub struct Bus {
-    ranges: BTreeMap<u64, Entry>,
+    ranges: RwLock<BTreeMap<u64, Entry>>,
 }
 
 impl Bus {
@@ -59,30 +60,32 @@ impl Bus {
     }
 
     /// Places `device` at `[base, base + len)`.
-    pub fn insert(&mut self, device: SharedDevice, base: u64, len: u64) -> Result<(), Error> {
+    pub fn insert(&self, device: SharedDevice, base: u64, len: u64) -> Result<(), Error> {
         let end = base
             .checked_add(len)
             .filter(|_| len > 0)
             .ok_or(Error::InvalidRange { base, len })?;
-        if self
-            .ranges
+        let mut ranges = self.ranges.write().unwrap_or_else(|p| p.into_inner());
+        if ranges
             .range(..end)
             .next_back()
             .is_some_and(|(b, e)| b + e.len > base)
         {
             return Err(Error::Overlap { base, len });
         }
-        self.ranges.insert(base, Entry { len, device });
+        ranges.insert(base, Entry { len, device });
         Ok(())
     }
 
     /// Removes the device whose range starts at `base`; returns it.
-    pub fn remove(&mut self, base: u64) -> Option<SharedDevice> {
-        self.ranges.remove(&base).map(|e| e.device)
+    pub fn remove(&self, base: u64) -> Option<SharedDevice> {
+        let mut ranges = self.ranges.write().unwrap_or_else(|p| p.into_inner());
+        ranges.remove(&base).map(|e| e.device)
     }
 
     fn resolve(&self, addr: u64, width: usize) -> Option<(u64, SharedDevice)> {
-        let (base, entry) = self.ranges.range(..=addr).next_back()?;
+        let ranges = self.ranges.read().unwrap_or_else(|p| p.into_inner());
+        let (base, entry) = ranges.range(..=addr).next_back()?;
         let offset = addr - base;
         // The whole access must fall inside the device's range.
         if offset.checked_add(width as u64)? > entry.len {
@@ -149,7 +152,7 @@ mod tests {
     #[test]
     fn routes_by_offset() {
         let dev = Arc::new(Mutex::new(Recorder::default()));
-        let mut bus = Bus::new();
+        let bus = Bus::new();
         bus.insert(dev.clone(), 0x3f8, 8).unwrap();
         let mut b = [0u8; 1];
         assert!(bus.read(0x3fa, &mut b));
@@ -161,7 +164,7 @@ mod tests {
     #[test]
     fn unclaimed_and_straddling_accesses() {
         let dev = Arc::new(Mutex::new(Recorder::default()));
-        let mut bus = Bus::new();
+        let bus = Bus::new();
         bus.insert(dev, 0x70, 2).unwrap();
         let mut b = [0u8; 2];
         assert!(!bus.read(0x71, &mut b), "access straddles the end");
@@ -174,7 +177,7 @@ mod tests {
 
     #[test]
     fn refuses_overlaps_and_bad_ranges() {
-        let mut bus = Bus::new();
+        let bus = Bus::new();
         let d = || -> SharedDevice { Arc::new(Mutex::new(Recorder::default())) };
         bus.insert(d(), 0x10, 0x10).unwrap();
         assert!(bus.insert(d(), 0x18, 4).is_err());

@@ -358,39 +358,39 @@ fn shared(device: impl BusDevice + 'static) -> SharedDevice {
 fn port_bus(config: &VmConfig, console: &Console, sink: GuestRequestSink) -> Result<Bus, Error> {
     let size = config.memory.size;
     let below_4g = memory_map::low_ram_end(size);
-    let mut bus = Bus::new();
-    let add = |bus: &mut Bus, device: SharedDevice, base: u64, len: u64| {
+    let bus = Bus::new();
+    let add = |bus: &Bus, device: SharedDevice, base: u64, len: u64| {
         bus.insert(device, base, len)
             .map_err(|e| Error::Internal(format!("port bus: {e}")))
     };
-    add(&mut bus, console.port(), serial::COM1_PORT, serial::LEN)?;
+    add(&bus, console.port(), serial::COM1_PORT, serial::LEN)?;
     add(
-        &mut bus,
+        &bus,
         shared(I8042::new(sink.clone())),
         devices::i8042::PORT,
         devices::i8042::LEN,
     )?;
     add(
-        &mut bus,
+        &bus,
         shared(Cmos::new(below_4g, size - below_4g)),
         devices::cmos::PORT,
         devices::cmos::LEN,
     )?;
     add(
-        &mut bus,
+        &bus,
         shared(pm::PowerManagement::new(sink.clone())),
         pm::PM_BASE,
         pm::PM_LEN,
     )?;
     add(
-        &mut bus,
+        &bus,
         shared(pm::ResetControl::new(sink.clone())),
         pm::RESET_PORT,
         1,
     )?;
     if config.debug_exit {
         add(
-            &mut bus,
+            &bus,
             shared(DebugExit::new(sink)),
             devices::debug_exit::PORT,
             devices::debug_exit::LEN,
