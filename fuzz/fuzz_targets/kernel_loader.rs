@@ -18,7 +18,7 @@ fuzz_target!(|data: &[u8]| {
     let split = data.first().map_or(0, |b| (*b as usize * data.len()) / 256);
     let (kernel, initramfs) = data.split_at(split.min(data.len()));
     RAM.with(|ram| {
-        let image = BootImage { kernel, initramfs: Some(initramfs), cmdline: "console=ttyS0" };
+        let image = BootImage { kernel, initramfs: Some(initramfs), cmdline: "console=ttyS0", acpi_rsdp: Some(0xe0000) };
         let _ = load(ram, MEM, &image);
     });
 });

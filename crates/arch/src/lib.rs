@@ -5,6 +5,7 @@
 //! Everything here is a pure function over guest memory or KVM structures;
 //! nothing here touches KVM itself.
 
+pub mod acpi;
 pub mod bytes;
 pub mod cpu;
 pub mod cpuid;
@@ -39,6 +40,9 @@ pub enum Error {
     /// A table would exceed its fixed area.
     #[error("the {0} does not fit its area")]
     TooLarge(&'static str),
+    /// The ACPI tables cannot describe the configuration.
+    #[error("ACPI tables: {0}")]
+    Acpi(&'static str),
 }
 
 /// Result type of the platform code.

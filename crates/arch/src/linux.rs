@@ -32,13 +32,16 @@ pub fn initrd_addr_max(hdr: Option<&setup_header>) -> u64 {
 }
 
 /// Builds the zero page: the kernel's setup header (for a bzImage) or a
-/// synthetic one (for an ELF vmlinux), the command line, the initramfs and the e820 map.
+/// synthetic one (for an ELF vmlinux), the command line, the initramfs, the
+/// e820 map and the ACPI RSDP's address (`acpi_rsdp_addr`, boot protocol
+/// 2.14; older kernels ignore it and scan for the RSDP).
 pub fn build_boot_params(
     hdr: Option<setup_header>,
     e820: &[E820Entry],
     cmdline_addr: u64,
     cmdline_len: usize,
     initrd: Option<(u64, u64)>,
+    acpi_rsdp: Option<u64>,
 ) -> boot_params {
     let mut params = boot_params {
         hdr: hdr.unwrap_or_default(),
@@ -66,6 +69,7 @@ pub fn build_boot_params(
         slot.r#type = e.kind;
     }
     params.e820_entries = count as u8;
+    params.acpi_rsdp_addr = acpi_rsdp.unwrap_or(0);
     params
 }
 
@@ -77,7 +81,14 @@ mod tests {
     #[test]
     fn synthetic_header_for_vmlinux() {
         let map = e820_map(512 << 20);
-        let p = build_boot_params(None, &map, 0x20000, 10, Some((0x1000_0000, 4096)));
+        let p = build_boot_params(
+            None,
+            &map,
+            0x20000,
+            10,
+            Some((0x1000_0000, 4096)),
+            Some(0xe_0000),
+        );
         assert_eq!({ p.hdr.header }, KERNEL_HDR_MAGIC);
         assert_eq!({ p.hdr.boot_flag }, KERNEL_BOOT_FLAG_MAGIC);
         assert_eq!({ p.hdr.cmd_line_ptr }, 0x20000);
@@ -85,6 +96,16 @@ mod tests {
         assert_eq!({ p.hdr.ramdisk_size }, 4096);
         assert_eq!(p.e820_entries as usize, map.len());
         assert_eq!({ p.e820_table[2].addr }, 0x10_0000);
+        assert_eq!({ p.acpi_rsdp_addr }, 0xe_0000);
+        let none = build_boot_params(None, &map, 0x20000, 10, None, None);
+        assert_eq!({ none.acpi_rsdp_addr }, 0);
+    }
+
+    #[test]
+    fn acpi_rsdp_addr_sits_at_0x70() {
+        let p = build_boot_params(None, &[], 0, 0, None, Some(0x1234_5678_9abc));
+        let bytes = vm_memory::ByteValued::as_slice(&p);
+        assert_eq!(crate::bytes::le64(bytes, 0x70), Some(0x1234_5678_9abc));
     }
 
     #[test]

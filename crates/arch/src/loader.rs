@@ -52,6 +52,9 @@ pub struct BootImage<'a> {
     pub initramfs: Option<&'a [u8]>,
     /// The kernel command line.
     pub cmdline: &'a str,
+    /// The ACPI RSDP's address, handed to PVH and Linux kernels (None: no
+    /// ACPI tables, or let the guest scan for them).
+    pub acpi_rsdp: Option<u64>,
 }
 
 /// A loaded kernel: its format and the boot vCPU's entry state.
@@ -153,7 +156,13 @@ pub fn load(
     match kernel.format {
         KernelFormat::Pvh => {
             let module = initrd.map(|(addr, size)| pvh::Module { addr, size });
-            let info = pvh::build_start_info(BOOT_INFO_ADDR, &e820, CMDLINE_ADDR, module);
+            let info = pvh::build_start_info(
+                BOOT_INFO_ADDR,
+                &e820,
+                CMDLINE_ADDR,
+                module,
+                image.acpi_rsdp.unwrap_or(0),
+            );
             write_boot_info(mem, "PVH start info", &info)?;
             entry.rbx = BOOT_INFO_ADDR;
         }
@@ -175,6 +184,7 @@ pub fn load(
                 CMDLINE_ADDR,
                 image.cmdline.len(),
                 initrd,
+                image.acpi_rsdp,
             );
             mem.write_obj(params, GuestAddress(ZERO_PAGE_ADDR))
                 .map_err(|source| crate::Error::GuestWrite {
@@ -451,6 +461,7 @@ mod tests {
             kernel: &multiboot_elf32(),
             initramfs: Some(&initrd),
             cmdline: "hello",
+            acpi_rsdp: None,
         };
         let loaded = load(&mem, 64 << 20, &img).unwrap();
         assert_eq!(loaded.format, KernelFormat::Multiboot);
@@ -477,6 +488,7 @@ mod tests {
             kernel: k,
             initramfs: None,
             cmdline: "",
+            acpi_rsdp: None,
         };
         assert!(matches!(
             load(&mem, 64 << 20, &img(b"garbage")),
@@ -494,6 +506,7 @@ mod tests {
                 kernel: &plain32,
                 initramfs: None,
                 cmdline: "",
+                acpi_rsdp: None,
             },
         );
         assert!(matches!(r, Err(LoadError::Elf32WithoutMultiboot)));
@@ -507,6 +520,7 @@ mod tests {
                 kernel: &low,
                 initramfs: None,
                 cmdline: "",
+                acpi_rsdp: None,
             },
         );
         assert!(matches!(r, Err(LoadError::SegmentOutsideRam { .. })));
@@ -520,6 +534,7 @@ mod tests {
                 kernel: &high,
                 initramfs: None,
                 cmdline: "",
+                acpi_rsdp: None,
             },
         );
         assert!(matches!(r, Err(LoadError::SegmentOutsideRam { .. })));
@@ -537,6 +552,7 @@ mod tests {
                 kernel: &k,
                 initramfs: None,
                 cmdline: &long,
+                acpi_rsdp: None,
             },
         );
         assert!(matches!(r, Err(LoadError::CmdlineTooLong { .. })));
@@ -547,6 +563,7 @@ mod tests {
                 kernel: &k,
                 initramfs: None,
                 cmdline: "a\0b",
+                acpi_rsdp: None,
             },
         );
         assert!(matches!(r, Err(LoadError::CmdlineNul)));
@@ -558,6 +575,7 @@ mod tests {
                 kernel: &k,
                 initramfs: Some(&big),
                 cmdline: "",
+                acpi_rsdp: None,
             },
         );
         assert!(matches!(r, Err(LoadError::InitramfsTooLarge { .. })));
@@ -579,6 +597,7 @@ mod tests {
                 kernel: &k,
                 initramfs: None,
                 cmdline: "",
+                acpi_rsdp: None,
             },
         );
         assert!(matches!(r, Err(LoadError::No64BitEntry(0x20b))), "{r:?}");
@@ -644,7 +663,8 @@ mod tests {
                 &BootImage {
                     kernel: seed,
                     initramfs: None,
-                    cmdline: ""
+                    cmdline: "",
+                    acpi_rsdp: None,
                 }
             )
             .is_ok());
@@ -664,6 +684,7 @@ mod tests {
                         kernel: &k,
                         initramfs: None,
                         cmdline: "x",
+                        acpi_rsdp: None,
                     },
                 );
             }

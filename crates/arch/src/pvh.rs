@@ -22,12 +22,14 @@ pub struct Module {
 }
 
 /// Builds the start info to be placed at `addr`, followed by the module list
-/// and the memory map.
+/// and the memory map. `rsdp_paddr` is the ACPI RSDP's address (0: none, the
+/// guest scans for it).
 pub fn build_start_info(
     addr: u64,
     e820: &[E820Entry],
     cmdline_addr: u64,
     module: Option<Module>,
+    rsdp_paddr: u64,
 ) -> Vec<u8> {
     let modlist_addr = addr + START_INFO_SIZE;
     let nr_modules = u32::from(module.is_some());
@@ -39,7 +41,7 @@ pub fn build_start_info(
         .u32(nr_modules);
     w.u64(if module.is_some() { modlist_addr } else { 0 });
     w.u64(cmdline_addr)
-        .u64(0)
+        .u64(rsdp_paddr)
         .u64(memmap_addr)
         .u32(e820.len() as u32)
         .u32(0);
@@ -69,11 +71,13 @@ mod tests {
                 addr: 0x800_0000,
                 size: 77,
             }),
+            0xe_0000,
         );
         assert_eq!(le32(&b, 0), Some(START_INFO_MAGIC));
         assert_eq!(le32(&b, 12), Some(1));
         assert_eq!(le64(&b, 16), Some(0x6000 + 56));
         assert_eq!(le64(&b, 24), Some(0x20000));
+        assert_eq!(le64(&b, 32), Some(0xe_0000));
         assert_eq!(le64(&b, 40), Some(0x6000 + 56 + 32));
         assert_eq!(le32(&b, 48), Some(map.len() as u32));
         assert_eq!(le64(&b, 56), Some(0x800_0000));

@@ -37,6 +37,9 @@ struct Cli {
     /// Enable QEMU's isa-debug-exit on port 0xf4: a write of v ends ferrovisor with status (v << 1) | 1.
     #[arg(long)]
     debug_exit: bool,
+    /// Give the guest a virtio-rng device (PCI) fed from the host's getrandom.
+    #[arg(long)]
+    rng: bool,
     /// What a guest reboot does: restart or exit.
     #[arg(long, default_value = "restart", value_name = "restart|exit")]
     on_reboot: String,
@@ -56,6 +59,7 @@ impl Cli {
             serial: config::parse_serial(&self.serial)?,
             debug_exit: self.debug_exit,
             on_reboot: config::parse_on_reboot(&self.on_reboot)?,
+            rng: self.rng,
         })
     }
 }

@@ -1,7 +1,8 @@
 //! A KVM VM: guest memory slots, the in-kernel irqchip and PIT, irqfds, vCPUs.
 
-use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use kvm_bindings::{kvm_msi, kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::VmFd;
+use kvm_ioctls::{IoEventAddress, NoDatamatch};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::{Error, Result, Vcpu};
@@ -71,6 +72,35 @@ impl Vm {
         self.fd
             .register_irqfd(event, gsi)
             .map_err(Error::wrap("KVM_IRQFD"))
+    }
+
+    /// Makes a guest write to MMIO address `addr` signal `event` inside the
+    /// kernel, without an exit to the VMM.
+    pub fn register_mmio_ioevent(&self, event: &EventFd, addr: u64) -> Result<()> {
+        self.fd
+            .register_ioevent(event, &IoEventAddress::Mmio(addr), NoDatamatch)
+            .map_err(Error::wrap("KVM_IOEVENTFD"))
+    }
+
+    /// Undoes [`Vm::register_mmio_ioevent`].
+    pub fn unregister_mmio_ioevent(&self, event: &EventFd, addr: u64) -> Result<()> {
+        self.fd
+            .unregister_ioevent(event, &IoEventAddress::Mmio(addr), NoDatamatch)
+            .map_err(Error::wrap("KVM_IOEVENTFD (deassign)"))
+    }
+
+    /// Injects the MSI `data` written to `address`.
+    pub fn signal_msi(&self, address: u64, data: u32) -> Result<()> {
+        let msi = kvm_msi {
+            address_lo: address as u32,
+            address_hi: (address >> 32) as u32,
+            data,
+            ..Default::default()
+        };
+        self.fd
+            .signal_msi(msi)
+            .map(|_| ())
+            .map_err(Error::wrap("KVM_SIGNAL_MSI"))
     }
 
     /// Creates vCPU `id` (its initial APIC ID is the same number).

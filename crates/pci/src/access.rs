@@ -29,7 +29,11 @@ pub struct PciConfigIo {
 impl PciConfigIo {
     /// The port device over `root`, passing 0xCF9 byte accesses to `reset`.
     pub fn new(root: Arc<Mutex<PciRoot>>, reset: Option<SharedDevice>) -> PciConfigIo {
-        PciConfigIo { root, address: 0, reset }
+        PciConfigIo {
+            root,
+            address: 0,
+            reset,
+        }
     }
 
     fn target(&self, data_offset: u64) -> Option<(Bdf, usize)> {
@@ -37,7 +41,11 @@ impl PciConfigIo {
             return None;
         }
         let a = self.address;
-        let bdf = Bdf { bus: (a >> 16) as u8, device: ((a >> 11) & 0x1f) as u8, function: ((a >> 8) & 0x7) as u8 };
+        let bdf = Bdf {
+            bus: (a >> 16) as u8,
+            device: ((a >> 11) & 0x1f) as u8,
+            function: ((a >> 8) & 0x7) as u8,
+        };
         Some((bdf, (a & 0xfc) as usize + data_offset as usize))
     }
 }
@@ -51,7 +59,9 @@ impl BusDevice for PciConfigIo {
                 None => data.fill(0),
             },
             4..=7 => match self.target(offset - 4) {
-                Some((bdf, reg)) if (offset - 4) as usize + data.len() <= 4 => root_lock(&self.root).config_read(bdf, reg, data),
+                Some((bdf, reg)) if (offset - 4) as usize + data.len() <= 4 => {
+                    root_lock(&self.root).config_read(bdf, reg, data)
+                }
                 _ => data.fill(0xff),
             },
             _ => data.fill(0xff),
@@ -60,7 +70,9 @@ impl BusDevice for PciConfigIo {
 
     fn write(&mut self, offset: u64, data: &[u8]) {
         match offset {
-            0 if data.len() == 4 => self.address = u32::from_le_bytes([data[0], data[1], data[2], data[3]]),
+            0 if data.len() == 4 => {
+                self.address = u32::from_le_bytes([data[0], data[1], data[2], data[3]])
+            }
             1 if data.len() == 1 => {
                 if let Some(r) = &self.reset {
                     vm_device::lock(r).write(0, data);
@@ -95,7 +107,11 @@ fn ecam_target(offset: u64, len: usize) -> Option<(Bdf, usize)> {
     if reg + len > 0x1000 {
         return None;
     }
-    let bdf = Bdf { bus: (offset >> 20) as u8, device: ((offset >> 15) & 0x1f) as u8, function: ((offset >> 12) & 0x7) as u8 };
+    let bdf = Bdf {
+        bus: (offset >> 20) as u8,
+        device: ((offset >> 15) & 0x1f) as u8,
+        function: ((offset >> 12) & 0x7) as u8,
+    };
     Some((bdf, reg))
 }
 
@@ -120,7 +136,10 @@ mod tests {
     use vm_device::Bus;
 
     fn root() -> Arc<Mutex<PciRoot>> {
-        Arc::new(Mutex::new(PciRoot::new(Arc::new(Bus::new()), Arc::new(Bus::new()))))
+        Arc::new(Mutex::new(PciRoot::new(
+            Arc::new(Bus::new()),
+            Arc::new(Bus::new()),
+        )))
     }
 
     #[test]

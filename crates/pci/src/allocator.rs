@@ -10,7 +10,10 @@ pub struct AddressAllocator {
 impl AddressAllocator {
     /// An allocator over `[start, start + size)`.
     pub fn new(start: u64, size: u64) -> AddressAllocator {
-        AddressAllocator { next: start, end: start.saturating_add(size) }
+        AddressAllocator {
+            next: start,
+            end: start.saturating_add(size),
+        }
     }
 
     /// Allocates `size` bytes aligned to `size` (a power of two), or `None` when full.

@@ -129,30 +129,45 @@ impl ConfigSpace {
     }
 
     fn get32(&self, offset: usize) -> u32 {
-        u32::from_le_bytes([self.regs[offset], self.regs[offset + 1], self.regs[offset + 2], self.regs[offset + 3]])
+        u32::from_le_bytes([
+            self.regs[offset],
+            self.regs[offset + 1],
+            self.regs[offset + 2],
+            self.regs[offset + 3],
+        ])
     }
 
     /// Declares BAR `index` of `kind` and `size` (a power of two, at least 16
     /// bytes for memory, 4 for I/O) at address `addr`.
     pub fn add_bar(&mut self, index: usize, kind: BarKind, size: u64, addr: u64) {
-        assert!(size.is_power_of_two() && index < 6, "BAR declarations are VMM constants");
-        assert!(kind != BarKind::Memory64 || index < 5, "a 64-bit BAR needs two slots");
+        assert!(
+            size.is_power_of_two() && index < 6,
+            "BAR declarations are VMM constants"
+        );
+        assert!(
+            kind != BarKind::Memory64 || index < 5,
+            "a 64-bit BAR needs two slots"
+        );
         let offset = reg::BAR0 + 4 * index;
         let mask = !(size - 1);
         match kind {
             BarKind::Io => {
                 self.set32(offset, (addr as u32 & !0x3) | 0x1);
-                self.writable[offset..offset + 4].copy_from_slice(&((mask as u32) & !0x3).to_le_bytes());
+                self.writable[offset..offset + 4]
+                    .copy_from_slice(&((mask as u32) & !0x3).to_le_bytes());
             }
             BarKind::Memory32 => {
                 self.set32(offset, addr as u32 & !0xf);
-                self.writable[offset..offset + 4].copy_from_slice(&((mask as u32) & !0xf).to_le_bytes());
+                self.writable[offset..offset + 4]
+                    .copy_from_slice(&((mask as u32) & !0xf).to_le_bytes());
             }
             BarKind::Memory64 => {
                 self.set32(offset, (addr as u32 & !0xf) | 0x4);
                 self.set32(offset + 4, (addr >> 32) as u32);
-                self.writable[offset..offset + 4].copy_from_slice(&((mask as u32) & !0xf).to_le_bytes());
-                self.writable[offset + 4..offset + 8].copy_from_slice(&((mask >> 32) as u32).to_le_bytes());
+                self.writable[offset..offset + 4]
+                    .copy_from_slice(&((mask as u32) & !0xf).to_le_bytes());
+                self.writable[offset + 4..offset + 8]
+                    .copy_from_slice(&((mask >> 32) as u32).to_le_bytes());
             }
         }
         self.bars[index] = Some(Bar { index, kind, size });
@@ -184,9 +199,15 @@ impl ConfigSpace {
     /// byte 1, is filled in); `writable` gives the guest-writable bits of each
     /// byte (same length as `body`). Returns its offset.
     pub fn add_capability(&mut self, body: &[u8], writable: &[u8]) -> usize {
-        assert!(body.len() >= 2 && body.len() == writable.len(), "capability layouts are VMM constants");
+        assert!(
+            body.len() >= 2 && body.len() == writable.len(),
+            "capability layouts are VMM constants"
+        );
         let offset = self.next_capability;
-        assert!(offset + body.len() <= CONVENTIONAL_END, "capabilities must fit the conventional header");
+        assert!(
+            offset + body.len() <= CONVENTIONAL_END,
+            "capabilities must fit the conventional header"
+        );
         self.regs[offset..offset + body.len()].copy_from_slice(body);
         self.regs[offset + 1] = 0;
         self.writable[offset..offset + body.len()].copy_from_slice(writable);
@@ -195,7 +216,8 @@ impl ConfigSpace {
             Some(prev) => self.regs[prev + 1] = offset as u8,
             None => {
                 self.regs[reg::CAPABILITIES] = offset as u8;
-                let status = u16::from_le_bytes([self.regs[reg::STATUS], self.regs[reg::STATUS + 1]]);
+                let status =
+                    u16::from_le_bytes([self.regs[reg::STATUS], self.regs[reg::STATUS + 1]]);
                 self.set16(reg::STATUS, status | STATUS_CAPABILITIES);
             }
         }
@@ -207,7 +229,11 @@ impl ConfigSpace {
     /// Reads `data.len()` bytes at `offset`; bytes past the space read as 0xff.
     pub fn read(&self, offset: usize, data: &mut [u8]) {
         for (i, b) in data.iter_mut().enumerate() {
-            *b = offset.checked_add(i).and_then(|o| self.regs.get(o)).copied().unwrap_or(0xff);
+            *b = offset
+                .checked_add(i)
+                .and_then(|o| self.regs.get(o))
+                .copied()
+                .unwrap_or(0xff);
         }
     }
 
@@ -242,7 +268,14 @@ mod tests {
     use super::*;
 
     fn space() -> ConfigSpace {
-        let id = Identity { vendor: 0x1af4, device: 0x1044, class: 0xff_0000, revision: 1, subsystem_vendor: 0x1af4, subsystem: 0x40 };
+        let id = Identity {
+            vendor: 0x1af4,
+            device: 0x1044,
+            class: 0xff_0000,
+            revision: 1,
+            subsystem_vendor: 0x1af4,
+            subsystem: 0x40,
+        };
         ConfigSpace::new(id, 1)
     }
 
@@ -258,7 +291,10 @@ mod tests {
         c.write(0, &[0xff; 16]);
         assert_eq!(read32(&c, 0), 0x1044_1af4);
         assert_eq!(read32(&c, 8) >> 8, 0xff_0000);
-        assert_eq!(c.command(), COMMAND_IO | COMMAND_MEMORY | COMMAND_BUS_MASTER | COMMAND_INTX_DISABLE);
+        assert_eq!(
+            c.command(),
+            COMMAND_IO | COMMAND_MEMORY | COMMAND_BUS_MASTER | COMMAND_INTX_DISABLE
+        );
     }
 
     #[test]
@@ -275,7 +311,11 @@ mod tests {
         assert_eq!(c.bar_address(0), Some(0xd000_0000));
         c.write(0x18, &[0xff; 4]);
         assert_eq!(read32(&c, 0x18), 0xffff_f000);
-        assert_eq!(read32(&c, 0x20), 0, "undeclared BARs are hard-wired to zero");
+        assert_eq!(
+            read32(&c, 0x20),
+            0,
+            "undeclared BARs are hard-wired to zero"
+        );
         assert_eq!(c.bar_address(4), None);
     }
 

@@ -15,7 +15,7 @@ pub mod root;
 pub use access::{PciConfigIo, PciConfigMmio};
 pub use allocator::AddressAllocator;
 pub use config::{Bar, BarKind, ConfigSpace};
-pub use msix::{MsiMessage, MsixTable};
+pub use msix::{MsiMessage, MsiSender, MsixTable};
 pub use root::{PciDevice, PciRoot};
 
 /// The vendor ID of Red Hat / virtio devices, also used for our host bridge.

@@ -20,6 +20,12 @@ pub struct MsiMessage {
     pub data: u32,
 }
 
+/// Sends MSI messages to the guest (KVM_SIGNAL_MSI in the VMM, a recorder in tests).
+pub trait MsiSender: Send + Sync {
+    /// Delivers `message`.
+    fn send(&self, message: MsiMessage);
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Entry {
     address_lo: u32,
@@ -30,7 +36,12 @@ struct Entry {
 
 impl Default for Entry {
     fn default() -> Entry {
-        Entry { address_lo: 0, address_hi: 0, data: 0, control: VECTOR_MASKED }
+        Entry {
+            address_lo: 0,
+            address_hi: 0,
+            data: 0,
+            control: VECTOR_MASKED,
+        }
     }
 }
 
@@ -57,7 +68,11 @@ impl MsixTable {
     /// A table of `vectors` entries (1..=2048), all masked, MSI-X disabled.
     pub fn new(vectors: u16) -> MsixTable {
         let n = usize::from(vectors.clamp(1, MAX_VECTORS));
-        MsixTable { entries: vec![Entry::default(); n], pending: vec![false; n], control: 0 }
+        MsixTable {
+            entries: vec![Entry::default(); n],
+            pending: vec![false; n],
+            control: 0,
+        }
     }
 
     /// Number of vectors.
@@ -82,7 +97,13 @@ impl MsixTable {
 
     /// The capability body and its writable mask, for a table at
     /// `table_offset` in BAR `table_bar` and the PBA at `pba_offset` in `pba_bar`.
-    pub fn capability(&self, table_bar: u8, table_offset: u32, pba_bar: u8, pba_offset: u32) -> (Vec<u8>, Vec<u8>) {
+    pub fn capability(
+        &self,
+        table_bar: u8,
+        table_offset: u32,
+        pba_bar: u8,
+        pba_offset: u32,
+    ) -> (Vec<u8>, Vec<u8>) {
         let mut body = vec![CAPABILITY_ID, 0];
         body.extend_from_slice(&((self.entries.len() - 1) as u16).to_le_bytes());
         body.extend_from_slice(&(table_offset | u32::from(table_bar & 7)).to_le_bytes());
@@ -105,12 +126,17 @@ impl MsixTable {
     }
 
     fn vector_live(&self, i: usize) -> bool {
-        self.enabled() && self.control & CONTROL_FUNCTION_MASK == 0 && self.entries[i].control & VECTOR_MASKED == 0
+        self.enabled()
+            && self.control & CONTROL_FUNCTION_MASK == 0
+            && self.entries[i].control & VECTOR_MASKED == 0
     }
 
     fn message(&self, i: usize) -> MsiMessage {
         let e = &self.entries[i];
-        MsiMessage { address: u64::from(e.address_lo) | (u64::from(e.address_hi) << 32), data: e.data }
+        MsiMessage {
+            address: u64::from(e.address_lo) | (u64::from(e.address_hi) << 32),
+            data: e.data,
+        }
     }
 
     fn flush_pending(&mut self) -> Vec<(u16, MsiMessage)> {
@@ -141,7 +167,9 @@ impl MsixTable {
     /// Guest read of the table; out-of-range or odd-sized reads return zeros.
     pub fn read_table(&self, offset: u64, data: &mut [u8]) {
         data.fill(0);
-        let Some((i, field)) = self.locate(offset, data.len()) else { return };
+        let Some((i, field)) = self.locate(offset, data.len()) else {
+            return;
+        };
         let e = &self.entries[i];
         let words = [e.address_lo, e.address_hi, e.data, e.control];
         if data.len() == 4 {
@@ -155,13 +183,24 @@ impl MsixTable {
     /// Guest write of the table; returns the vectors that became deliverable
     /// and had interrupts pending (unmasking sends them).
     pub fn write_table(&mut self, offset: u64, data: &[u8]) -> Vec<(u16, MsiMessage)> {
-        let Some((i, field)) = self.locate(offset, data.len()) else { return Vec::new() };
+        let Some((i, field)) = self.locate(offset, data.len()) else {
+            return Vec::new();
+        };
         let mut words = Vec::new();
         if data.len() == 4 {
-            words.push((field, u32::from_le_bytes([data[0], data[1], data[2], data[3]])));
+            words.push((
+                field,
+                u32::from_le_bytes([data[0], data[1], data[2], data[3]]),
+            ));
         } else if data.len() == 8 && field % 2 == 0 {
-            words.push((field, u32::from_le_bytes([data[0], data[1], data[2], data[3]])));
-            words.push((field + 1, u32::from_le_bytes([data[4], data[5], data[6], data[7]])));
+            words.push((
+                field,
+                u32::from_le_bytes([data[0], data[1], data[2], data[3]]),
+            ));
+            words.push((
+                field + 1,
+                u32::from_le_bytes([data[4], data[5], data[6], data[7]]),
+            ));
         }
         let e = &mut self.entries[i];
         for (f, v) in words {
@@ -205,7 +244,13 @@ impl MsixTable {
 mod tests {
     use super::*;
 
-    fn program(t: &mut MsixTable, v: u64, addr: u32, data: u32, masked: bool) -> Vec<(u16, MsiMessage)> {
+    fn program(
+        t: &mut MsixTable,
+        v: u64,
+        addr: u32,
+        data: u32,
+        masked: bool,
+    ) -> Vec<(u16, MsiMessage)> {
         t.write_table(v * 16, &addr.to_le_bytes());
         t.write_table(v * 16 + 4, &0u32.to_le_bytes());
         t.write_table(v * 16 + 8, &data.to_le_bytes());
@@ -219,8 +264,24 @@ mod tests {
         t.set_control(CONTROL_ENABLE);
         assert_eq!(t.deliver(0), Delivery::Pending, "vectors start masked");
         let fired = program(&mut t, 0, 0xfee0_0000, 0x41, false);
-        assert_eq!(fired, vec![(0, MsiMessage { address: 0xfee0_0000, data: 0x41 })], "unmasking sends the pending interrupt");
-        assert_eq!(t.deliver(0), Delivery::Send(MsiMessage { address: 0xfee0_0000, data: 0x41 }));
+        assert_eq!(
+            fired,
+            vec![(
+                0,
+                MsiMessage {
+                    address: 0xfee0_0000,
+                    data: 0x41
+                }
+            )],
+            "unmasking sends the pending interrupt"
+        );
+        assert_eq!(
+            t.deliver(0),
+            Delivery::Send(MsiMessage {
+                address: 0xfee0_0000,
+                data: 0x41
+            })
+        );
         t.set_control(CONTROL_ENABLE | CONTROL_FUNCTION_MASK);
         assert_eq!(t.deliver(0), Delivery::Pending);
         let mut pba = [0u8; 8];
@@ -236,11 +297,22 @@ mod tests {
         program(&mut t, 2, 0xfee0_1003, 0x55, true);
         let mut b = [0u8; 4];
         t.read_table(32, &mut b);
-        assert_eq!(u32::from_le_bytes(b), 0xfee0_1000, "low address bits are reserved");
+        assert_eq!(
+            u32::from_le_bytes(b),
+            0xfee0_1000,
+            "low address bits are reserved"
+        );
         let mut q = [0u8; 8];
         t.read_table(40, &mut q);
         assert_eq!(u64::from_le_bytes(q), 0x1_0000_0055);
-        for (off, len) in [(1u64, 4usize), (48, 4), (u64::MAX - 3, 4), (0, 2), (4, 8), (0, 0)] {
+        for (off, len) in [
+            (1u64, 4usize),
+            (48, 4),
+            (u64::MAX - 3, 4),
+            (0, 2),
+            (4, 8),
+            (0, 0),
+        ] {
             let mut d = vec![0xaau8; len];
             t.read_table(off, &mut d);
             assert!(d.iter().all(|x| *x == 0));

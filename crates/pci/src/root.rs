@@ -104,9 +104,17 @@ impl PciRoot {
             subsystem_vendor: 0x1af4,
             subsystem: 0x1100,
         };
-        let bridge: SharedPciDevice = Arc::new(Mutex::new(HostBridge { config: ConfigSpace::new(id, 0) }));
+        let bridge: SharedPciDevice = Arc::new(Mutex::new(HostBridge {
+            config: ConfigSpace::new(id, 0),
+        }));
         let mut slots = BTreeMap::new();
-        slots.insert(0, Slot { device: bridge, mapped: [None; 6] });
+        slots.insert(
+            0,
+            Slot {
+                device: bridge,
+                mapped: [None; 6],
+            },
+        );
         PciRoot { slots, mmio, pio }
     }
 
@@ -115,9 +123,28 @@ impl PciRoot {
         if slot == 0 || slot >= SLOTS || self.slots.contains_key(&slot) {
             return Err(Error::SlotTaken(slot));
         }
-        self.slots.insert(slot, Slot { device, mapped: [None; 6] });
+        self.slots.insert(
+            slot,
+            Slot {
+                device,
+                mapped: [None; 6],
+            },
+        );
         self.sync_bars(slot);
         Ok(())
+    }
+
+    /// Turns on memory and I/O decoding and bus mastering of the function at
+    /// `slot`, as firmware does for the devices it assigned BARs to.
+    pub fn enable_decoding(&mut self, slot: u8) {
+        let Some(s) = self.slots.get(&slot) else {
+            return;
+        };
+        let command = config::COMMAND_MEMORY | config::COMMAND_IO | config::COMMAND_BUS_MASTER;
+        lock(&s.device)
+            .config_mut()
+            .write(config::reg::COMMAND, &command.to_le_bytes());
+        self.sync_bars(slot);
     }
 
     /// The lowest free slot.
@@ -129,7 +156,16 @@ impl PciRoot {
     pub fn functions(&self) -> Vec<(Bdf, SharedPciDevice)> {
         self.slots
             .iter()
-            .map(|(s, slot)| (Bdf { bus: 0, device: *s, function: 0 }, slot.device.clone()))
+            .map(|(s, slot)| {
+                (
+                    Bdf {
+                        bus: 0,
+                        device: *s,
+                        function: 0,
+                    },
+                    slot.device.clone(),
+                )
+            })
             .collect()
     }
 
@@ -150,21 +186,27 @@ impl PciRoot {
 
     /// A configuration write; BAR windows follow the new BARs and command register.
     pub fn config_write(&mut self, bdf: Bdf, offset: usize, data: &[u8]) {
-        let Some(slot) = self.slot_of(bdf) else { return };
+        let Some(slot) = self.slot_of(bdf) else {
+            return;
+        };
         {
             let mut device = lock(&slot.device);
             device.config_mut().write(offset, data);
             device.config_written(offset, data.len());
         }
         let touches = |start: usize, end: usize| offset < end && offset + data.len() > start;
-        if touches(config::reg::COMMAND, config::reg::COMMAND + 2) || touches(config::reg::BAR0, config::reg::BAR0 + 24) {
+        if touches(config::reg::COMMAND, config::reg::COMMAND + 2)
+            || touches(config::reg::BAR0, config::reg::BAR0 + 24)
+        {
             self.sync_bars(bdf.device);
         }
     }
 
     /// Maps, moves or unmaps BAR windows to match the function's registers.
     fn sync_bars(&mut self, slot_number: u8) {
-        let Some(slot) = self.slots.get_mut(&slot_number) else { return };
+        let Some(slot) = self.slots.get_mut(&slot_number) else {
+            return;
+        };
         let device = slot.device.clone();
         let (bars, command, addresses): (Vec<_>, u16, Vec<_>) = {
             let d = lock(&device);
@@ -188,7 +230,10 @@ impl PciRoot {
             }
             slot.mapped[bar.index] = None;
             if let Some(new) = wanted {
-                let window = Arc::new(Mutex::new(BarWindow { device: device.clone(), bar: bar.index }));
+                let window = Arc::new(Mutex::new(BarWindow {
+                    device: device.clone(),
+                    bar: bar.index,
+                }));
                 match bus.insert(window, new, bar.size) {
                     Ok(()) => slot.mapped[bar.index] = Some(new),
                     Err(e) => tracing::debug!("00:{slot_number:02x}.0 BAR{}: {e}", bar.index),
@@ -230,12 +275,23 @@ mod tests {
     }
 
     pub(crate) fn dummy() -> Arc<Mutex<Dummy>> {
-        let id = Identity { vendor: 0x1af4, device: 0x1044, class: 0xff_0000, revision: 1, subsystem_vendor: 0, subsystem: 0 };
+        let id = Identity {
+            vendor: 0x1af4,
+            device: 0x1044,
+            class: 0xff_0000,
+            revision: 1,
+            subsystem_vendor: 0,
+            subsystem: 0,
+        };
         let mut config = ConfigSpace::new(id, 1);
         config.add_bar(0, BarKind::Memory32, 0x1000, 0xc000_0000);
         config.add_bar(2, BarKind::Memory64, 0x4000, 0x10_0000_0000);
         config.write(config::reg::COMMAND, &config::COMMAND_MEMORY.to_le_bytes());
-        Arc::new(Mutex::new(Dummy { config, last_write: None, mapped: Vec::new() }))
+        Arc::new(Mutex::new(Dummy {
+            config,
+            last_write: None,
+            mapped: Vec::new(),
+        }))
     }
 
     #[test]
@@ -244,7 +300,11 @@ mod tests {
         let mut root = PciRoot::new(mmio.clone(), Arc::new(Bus::new()));
         let d = dummy();
         root.add(3, d.clone()).unwrap();
-        let bdf = Bdf { bus: 0, device: 3, function: 0 };
+        let bdf = Bdf {
+            bus: 0,
+            device: 3,
+            function: 0,
+        };
         let mut b = [0u8; 1];
         assert!(mmio.read(0xc000_0005, &mut b));
         assert_eq!(b[0], 0x05);
@@ -265,13 +325,45 @@ mod tests {
     fn absent_functions_and_slots() {
         let mut root = PciRoot::new(Arc::new(Bus::new()), Arc::new(Bus::new()));
         let mut v = [0u8; 4];
-        root.config_read(Bdf { bus: 0, device: 5, function: 0 }, 0, &mut v);
+        root.config_read(
+            Bdf {
+                bus: 0,
+                device: 5,
+                function: 0,
+            },
+            0,
+            &mut v,
+        );
         assert_eq!(v, [0xff; 4]);
-        root.config_read(Bdf { bus: 1, device: 0, function: 0 }, 0, &mut v);
+        root.config_read(
+            Bdf {
+                bus: 1,
+                device: 0,
+                function: 0,
+            },
+            0,
+            &mut v,
+        );
         assert_eq!(v, [0xff; 4]);
-        root.config_read(Bdf { bus: 0, device: 0, function: 0 }, 0, &mut v);
+        root.config_read(
+            Bdf {
+                bus: 0,
+                device: 0,
+                function: 0,
+            },
+            0,
+            &mut v,
+        );
         assert_eq!(u32::from_le_bytes(v), 0x0008_1b36);
-        root.config_write(Bdf { bus: 0, device: 9, function: 3 }, 0, &[1]);
+        root.config_write(
+            Bdf {
+                bus: 0,
+                device: 9,
+                function: 3,
+            },
+            0,
+            &[1],
+        );
         assert!(root.add(0, dummy()).is_err());
         assert!(root.add(32, dummy()).is_err());
         root.add(1, dummy()).unwrap();

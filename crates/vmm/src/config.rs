@@ -23,6 +23,8 @@ pub struct VmConfig {
     pub debug_exit: bool,
     /// What a guest reset does.
     pub on_reboot: RebootPolicy,
+    /// Whether the guest gets a virtio entropy device.
+    pub rng: bool,
 }
 
 /// `--cpus`.

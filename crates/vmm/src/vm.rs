@@ -11,15 +11,13 @@ use std::thread::JoinHandle;
 use arch::cpuid::Topology;
 use arch::loader::{self, BootImage};
 use arch::{layout, memory_map, mptable};
-use devices::{
-    cmos::Cmos, debug_exit::DebugExit, i8042::I8042, pm, serial, GuestRequest, GuestRequestSink,
-};
+use devices::{debug_exit::DebugExit, serial, GuestRequest, GuestRequestSink};
 use hypervisor::{Hypervisor, KvmKind, Vcpu};
-use vm_device::{Bus, BusDevice, SharedDevice};
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use crate::config::{RebootPolicy, VmConfig};
 use crate::console::Console;
+use crate::platform;
 use crate::vcpu::{self, VcpuRunner};
 use crate::{memory, ConfigError, Error};
 
@@ -207,17 +205,23 @@ fn run_instance(
     events_rx: &Receiver<Tagged>,
     generation: u64,
 ) -> Result<InstanceEnd, Error> {
-    let vm = hv.create_vm()?;
+    let vm = Arc::new(hv.create_vm()?);
     vm.set_x86_system_pages(layout::KVM_TSS_ADDR)?;
     vm.create_platform_irqchip()?;
     let size = config.memory.size;
     let mem = memory::create(size)?;
     memory::register(&vm, &mem)?;
 
+    let acpi_config = arch::acpi::AcpiConfig {
+        cpus: config.cpus.boot,
+        mem_size: size,
+    };
+    let rsdp = arch::acpi::write_tables(&mem, &acpi_config)?;
     let image = BootImage {
         kernel: &files.kernel,
         initramfs: files.initramfs.as_deref(),
         cmdline: &config.cmdline,
+        acpi_rsdp: Some(rsdp),
     };
     let path = config.kernel.display().to_string();
     let loaded = loader::load(&mem, size, &image).map_err(|source| Error::Load { path, source })?;
@@ -234,8 +238,8 @@ fn run_instance(
 
     let stop = Arc::new(AtomicBool::new(false));
     let sink = request_sink(events_tx.clone(), generation, stop.clone());
-    let pio = Arc::new(port_bus(config, console, sink)?);
-    let mmio = Arc::new(Bus::new());
+    let buses = platform::Buses::new(config, console, sink, &vm, &mem)?;
+    let (pio, mmio) = (buses.pio.clone(), buses.mmio.clone());
     {
         let port = console.port();
         let uart = port.lock().unwrap_or_else(|p| p.into_inner());
@@ -348,53 +352,4 @@ fn request_sink(
             event: Event::Guest(request),
         });
     })
-}
-
-fn shared(device: impl BusDevice + 'static) -> SharedDevice {
-    Arc::new(Mutex::new(device))
-}
-
-/// The legacy I/O port devices.
-fn port_bus(config: &VmConfig, console: &Console, sink: GuestRequestSink) -> Result<Bus, Error> {
-    let size = config.memory.size;
-    let below_4g = memory_map::low_ram_end(size);
-    let bus = Bus::new();
-    let add = |bus: &Bus, device: SharedDevice, base: u64, len: u64| {
-        bus.insert(device, base, len)
-            .map_err(|e| Error::Internal(format!("port bus: {e}")))
-    };
-    add(&bus, console.port(), serial::COM1_PORT, serial::LEN)?;
-    add(
-        &bus,
-        shared(I8042::new(sink.clone())),
-        devices::i8042::PORT,
-        devices::i8042::LEN,
-    )?;
-    add(
-        &bus,
-        shared(Cmos::new(below_4g, size - below_4g)),
-        devices::cmos::PORT,
-        devices::cmos::LEN,
-    )?;
-    add(
-        &bus,
-        shared(pm::PowerManagement::new(sink.clone())),
-        pm::PM_BASE,
-        pm::PM_LEN,
-    )?;
-    add(
-        &bus,
-        shared(pm::ResetControl::new(sink.clone())),
-        pm::RESET_PORT,
-        1,
-    )?;
-    if config.debug_exit {
-        add(
-            &bus,
-            shared(DebugExit::new(sink)),
-            devices::debug_exit::PORT,
-            devices::debug_exit::LEN,
-        )?;
-    }
-    Ok(bus)
 }

@@ -1,0 +1,59 @@
+//! The contract between the PCI transport and a device model.
+
+use std::sync::Arc;
+
+use virtio_queue::Queue;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::GuestMemory;
+
+/// How a device interrupts the guest.
+pub trait Interrupt: Send + Sync {
+    /// Queue `queue` has new used buffers.
+    fn notify_queue(&self, queue: u16);
+    /// The device configuration changed.
+    fn notify_config(&self);
+    /// The guest broke the queue protocol: set NEEDS_RESET and tell the driver.
+    fn needs_reset(&self);
+}
+
+/// The queues a driver set up, with the eventfds its notifications arrive on.
+pub struct QueueSet {
+    /// Guest memory the queues live in.
+    pub mem: GuestMemory,
+    /// Queues in index order (only the ones the driver enabled).
+    pub queues: Vec<(u16, Queue, EventFd)>,
+    /// Interrupt delivery.
+    pub interrupt: Arc<dyn Interrupt>,
+    /// Features the driver accepted.
+    pub acked_features: u64,
+}
+
+/// Why a device refused to start.
+#[derive(Debug, thiserror::Error)]
+pub enum ActivateError {
+    /// The driver did not set up a queue the device needs.
+    #[error("queue {0} is not ready")]
+    QueueNotReady(u16),
+    /// A host resource failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A virtio device model.
+pub trait VirtioDevice: Send {
+    /// The virtio device ID (4 = entropy, 2 = block, 3 = console...).
+    fn device_type(&self) -> u16;
+    /// The largest size of each of its queues.
+    fn queue_max_sizes(&self) -> &[u16];
+    /// Features it offers (including `VERSION_1`).
+    fn features(&self) -> u64;
+    /// Reads its configuration space (out of range: zeros).
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Writes its configuration space.
+    fn write_config(&mut self, offset: u64, data: &[u8]);
+    /// Starts processing the queues.
+    fn activate(&mut self, queues: QueueSet) -> Result<(), ActivateError>;
+    /// Stops processing and forgets the queues (a driver reset).
+    fn reset(&mut self);
+}

@@ -1,0 +1,167 @@
+//! The devices of one VM instance on their buses: the legacy port devices,
+//! the PCI root complex (0xCF8 ports and ECAM), and the PCI devices the
+//! configuration asks for, with MSI and ioeventfd plumbing into KVM.
+
+use std::sync::{Arc, Mutex};
+
+use arch::layout::{PCI_ECAM_SIZE, PCI_ECAM_START, PCI_MMIO32_SIZE, PCI_MMIO32_START};
+use arch::{memory_map, GuestMemory};
+use devices::{cmos::Cmos, debug_exit::DebugExit, i8042::I8042, pm, serial, GuestRequestSink};
+use hypervisor::Vm;
+use pci::access::{CONFIG_IO_LEN, CONFIG_IO_PORT};
+use pci::{AddressAllocator, MsiMessage, MsiSender, PciConfigIo, PciConfigMmio, PciRoot};
+use virtio::IoEventRegistrar;
+use vm_device::{Bus, BusDevice, SharedDevice};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::config::VmConfig;
+use crate::console::Console;
+use crate::Error;
+
+/// The buses the vCPUs dispatch exits to, and the PCI root behind them.
+pub struct Buses {
+    /// I/O ports.
+    pub pio: Arc<Bus>,
+    /// MMIO.
+    pub mmio: Arc<Bus>,
+    /// PCI bus 0.
+    pub pci: Arc<Mutex<PciRoot>>,
+}
+
+fn shared(device: impl BusDevice + 'static) -> SharedDevice {
+    Arc::new(Mutex::new(device))
+}
+
+fn insert(bus: &Bus, device: SharedDevice, base: u64, len: u64) -> Result<(), Error> {
+    bus.insert(device, base, len)
+        .map_err(|e| Error::Internal(format!("bus: {e}")))
+}
+
+/// Delivers MSIs with KVM_SIGNAL_MSI.
+struct KvmMsi(Arc<Vm>);
+
+impl MsiSender for KvmMsi {
+    fn send(&self, message: MsiMessage) {
+        if let Err(e) = self.0.signal_msi(message.address, message.data) {
+            tracing::debug!(
+                "MSI {:#x}/{:#x} not delivered: {e}",
+                message.address,
+                message.data
+            );
+        }
+    }
+}
+
+/// Registers MMIO ioeventfds with KVM.
+struct KvmIoEvents(Arc<Vm>);
+
+impl IoEventRegistrar for KvmIoEvents {
+    fn register(&self, event: &EventFd, addr: u64) -> std::io::Result<()> {
+        self.0
+            .register_mmio_ioevent(event, addr)
+            .map_err(|e| std::io::Error::from_raw_os_error(e.source.errno()))
+    }
+
+    fn unregister(&self, event: &EventFd, addr: u64) {
+        let _ = self.0.unregister_mmio_ioevent(event, addr);
+    }
+}
+
+impl Buses {
+    /// Builds every device of the VM instance.
+    pub fn new(
+        config: &VmConfig,
+        console: &Console,
+        sink: GuestRequestSink,
+        vm: &Arc<Vm>,
+        mem: &GuestMemory,
+    ) -> Result<Buses, Error> {
+        let pio = Arc::new(Bus::new());
+        let mmio = Arc::new(Bus::new());
+        let size = config.memory.size;
+        let below_4g = memory_map::low_ram_end(size);
+        insert(&pio, console.port(), serial::COM1_PORT, serial::LEN)?;
+        insert(
+            &pio,
+            shared(I8042::new(sink.clone())),
+            devices::i8042::PORT,
+            devices::i8042::LEN,
+        )?;
+        insert(
+            &pio,
+            shared(Cmos::new(below_4g, size - below_4g)),
+            devices::cmos::PORT,
+            devices::cmos::LEN,
+        )?;
+        insert(
+            &pio,
+            shared(pm::PowerManagement::new(sink.clone())),
+            pm::PM_BASE,
+            pm::PM_LEN,
+        )?;
+        if config.debug_exit {
+            insert(
+                &pio,
+                shared(DebugExit::new(sink.clone())),
+                devices::debug_exit::PORT,
+                devices::debug_exit::LEN,
+            )?;
+        }
+
+        let pci = Arc::new(Mutex::new(PciRoot::new(mmio.clone(), pio.clone())));
+        // 0xCF9 (reset control) shares the configuration ports' range.
+        let reset = shared(pm::ResetControl::new(sink));
+        insert(
+            &pio,
+            shared(PciConfigIo::new(pci.clone(), Some(reset))),
+            CONFIG_IO_PORT,
+            CONFIG_IO_LEN,
+        )?;
+        insert(
+            &mmio,
+            shared(PciConfigMmio::new(pci.clone())),
+            PCI_ECAM_START,
+            PCI_ECAM_SIZE,
+        )?;
+
+        let buses = Buses { pio, mmio, pci };
+        buses.add_virtio_devices(config, vm, mem)?;
+        Ok(buses)
+    }
+
+    /// The virtio devices, in a fixed order so that a configuration always
+    /// gives the same slots: entropy last.
+    fn add_virtio_devices(
+        &self,
+        config: &VmConfig,
+        vm: &Arc<Vm>,
+        mem: &GuestMemory,
+    ) -> Result<(), Error> {
+        // Small BARs (64-bit capable) go below 4 GiB, as firmware places them.
+        let mut mmio32 = AddressAllocator::new(PCI_MMIO32_START, PCI_MMIO32_SIZE);
+        let sender: Arc<dyn MsiSender> = Arc::new(KvmMsi(vm.clone()));
+        let ioevents: Arc<dyn IoEventRegistrar> = Arc::new(KvmIoEvents(vm.clone()));
+        let mut root = self.pci.lock().unwrap_or_else(|p| p.into_inner());
+        if config.rng {
+            let bar = mmio32
+                .allocate(virtio::pci_transport::layout::BAR_SIZE)
+                .ok_or_else(|| Error::Internal("PCI MMIO window full".into()))?;
+            let device = virtio::VirtioPci::new(
+                virtio::rng::Rng::new(),
+                mem.clone(),
+                bar,
+                sender.clone(),
+                ioevents.clone(),
+            )
+            .map_err(Error::io("creating virtio-rng"))?;
+            let slot = root
+                .free_slot()
+                .ok_or_else(|| Error::Internal("no free PCI slot".into()))?;
+            root.add(slot, Arc::new(Mutex::new(device)))
+                .map_err(|e| Error::Internal(e.to_string()))?;
+            // Decoding starts on: the VMM is the firmware here.
+            root.enable_decoding(slot);
+        }
+        Ok(())
+    }
+}
