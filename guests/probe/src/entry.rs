@@ -92,12 +92,14 @@ long_mode_entry:
 boot_pml4:
     .quad boot_pdpt + 0x3
     .fill 511, 8, 0
+    .globl boot_pdpt
 boot_pdpt:
     .quad boot_pd + 0x0003
     .quad boot_pd + 0x1003
     .quad boot_pd + 0x2003
     .quad boot_pd + 0x3003
     .fill 508, 8, 0
+    .globl boot_pd
 boot_pd:
     .set pd_index, 0
     .rept 2038

@@ -4,12 +4,12 @@
 use crate::fmtbuf::FmtBuf;
 use crate::say;
 use core::fmt;
-use core::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use x86_64::instructions::port::Port;
 
 /// isa-debug-exit port: QEMU exits with status `(value << 1) | 1`.
 const DEBUG_EXIT_PORT: u16 = 0xf4;
-/// PM1a control block of QEMU q35 (and Ferrovisor).
+/// PM1a control block of QEMU q35 (and Ferrovisor): the default target.
 const PM1A_CNT_PORT: u16 = 0x604;
 /// PM1_CNT.SLP_EN with SLP_TYP = 0 (S5 on these machines).
 const PM1_SLP_EN: u16 = 0x2000;
@@ -58,6 +58,9 @@ pub enum ExitMode {
 }
 
 static MODE: AtomicU8 = AtomicU8::new(ExitMode::Debug as u8);
+/// The poweroff write, packed by [`SleepRegister::pack`].
+static POWEROFF_ADDR: AtomicU64 = AtomicU64::new(PM1A_CNT_PORT as u64);
+static POWEROFF_WRITE: AtomicU64 = AtomicU64::new(SleepRegister::DEFAULT.pack_write());
 static FINISHING: AtomicBool = AtomicBool::new(false);
 
 /// Selects how [`finish`] leaves the machine.
@@ -97,10 +100,90 @@ pub fn debug_exit(value: u8) {
     unsafe { Port::new(DEBUG_EXIT_PORT).write(value) }
 }
 
-/// Requests ACPI S5 through PM1a_CNT. Returns if the platform ignores it.
+/// A register write that requests soft-off (S5): PM1a_CNT, or the sleep
+/// control register of hardware-reduced ACPI.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct SleepRegister {
+    /// I/O port (true) or memory (false).
+    pub io: bool,
+    pub addr: u64,
+    /// Access width in bytes: 1, 2 or 4.
+    pub width: u8,
+    pub value: u32,
+}
+
+impl SleepRegister {
+    /// 16-bit write of SLP_EN | SLP_TYP=0 to port 0x604 (QEMU q35).
+    pub const DEFAULT: SleepRegister = SleepRegister {
+        io: true,
+        addr: PM1A_CNT_PORT as u64,
+        width: 2,
+        value: PM1_SLP_EN as u32,
+    };
+
+    const fn pack_write(&self) -> u64 {
+        (self.value as u64) | ((self.width as u64) << 32) | ((self.io as u64) << 40)
+    }
+
+    fn unpack(addr: u64, write: u64) -> Self {
+        SleepRegister {
+            io: (write >> 40) & 1 != 0,
+            addr,
+            width: (write >> 32) as u8,
+            value: write as u32,
+        }
+    }
+
+    /// Performs the write. Memory targets must lie below 4 GiB (identity
+    /// mapped); others are ignored, as are unknown widths.
+    fn write(&self) {
+        if !self.io && self.addr.saturating_add(u64::from(self.width)) > crate::phys::MAPPED_LIMIT {
+            return;
+        }
+        // SAFETY: the register is the platform's sleep control, taken from
+        // the FADT or the q35 default; writing it only changes the machine's
+        // power state. Memory targets are identity mapped (checked above).
+        unsafe {
+            match (self.io, self.width) {
+                (true, 1) => Port::<u8>::new(self.addr as u16).write(self.value as u8),
+                (true, 2) => Port::<u16>::new(self.addr as u16).write(self.value as u16),
+                (true, 4) => Port::<u32>::new(self.addr as u16).write(self.value),
+                (false, 1) => (self.addr as *mut u8).write_volatile(self.value as u8),
+                (false, 2) => (self.addr as *mut u16).write_volatile(self.value as u16),
+                (false, 4) => (self.addr as *mut u32).write_volatile(self.value),
+                _ => {}
+            }
+        }
+    }
+}
+
+impl fmt::Display for SleepRegister {
+    /// `io:0x604 value=0x2000` (`mem:` for memory).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let space = if self.io { "io" } else { "mem" };
+        write!(f, "{}:{:#x} value={:#x}", space, self.addr, self.value)
+    }
+}
+
+/// Sets the register [`request_poweroff`] writes (default:
+/// [`SleepRegister::DEFAULT`]).
+pub fn set_poweroff_register(register: SleepRegister) {
+    POWEROFF_WRITE.store(register.pack_write(), Ordering::SeqCst);
+    POWEROFF_ADDR.store(register.addr, Ordering::SeqCst);
+}
+
+/// The register [`request_poweroff`] writes.
+pub fn poweroff_register() -> SleepRegister {
+    SleepRegister::unpack(
+        POWEROFF_ADDR.load(Ordering::SeqCst),
+        POWEROFF_WRITE.load(Ordering::SeqCst),
+    )
+}
+
+/// Requests ACPI S5 through the poweroff register. Returns if the platform
+/// ignores it.
 pub fn request_poweroff() {
-    // SAFETY: a PM1a_CNT write only changes the machine's power state.
-    unsafe { Port::new(PM1A_CNT_PORT).write(PM1_SLP_EN) }
+    poweroff_register().write();
 }
 
 /// Stops this CPU for good.

@@ -60,3 +60,12 @@ impl<const N: usize> fmt::Display for FmtBuf<N> {
         Ok(())
     }
 }
+
+/// Formats like `format!` into a [`FmtBuf<96>`], without allocating (the
+/// prebuilt `alloc::fmt::format` would pull in the unwinder).
+#[macro_export]
+macro_rules! text {
+    ($($arg:tt)*) => {
+        $crate::fmtbuf::FmtBuf::<96>::from_args(format_args!($($arg)*))
+    };
+}

@@ -1,5 +1,7 @@
 //! The 64-bit IDT: exception stubs that turn any CPU exception into a FAIL,
-//! the APIC timer handler (vector 0x40) and the spurious-interrupt handler.
+//! the APIC timer handler (vector 0x40), counting handlers for device
+//! interrupts (MSI/MSI-X, vectors 0x50..0x57) and the spurious-interrupt
+//! handler.
 //!
 //! `extern "x86-interrupt"` is nightly-only, so the entry stubs are written
 //! in assembly.
@@ -18,6 +20,14 @@ use x86_64::VirtAddr;
 pub const TIMER_VECTOR: u8 = 0x40;
 /// Vector programmed into the APIC's spurious interrupt register.
 pub const SPURIOUS_VECTOR: u8 = 0xff;
+
+/// First of the device vectors: each counts its interrupts and sends an EOI.
+pub const DEVICE_VECTOR_BASE: u8 = 0x50;
+/// Number of device vectors.
+pub const DEVICE_VECTORS: usize = 8;
+
+/// Interrupts taken on each device vector.
+static DEVICE_IRQS: [AtomicU64; DEVICE_VECTORS] = [const { AtomicU64::new(0) }; DEVICE_VECTORS];
 
 /// Interrupts taken on [`TIMER_VECTOR`].
 pub static TIMER_TICKS: AtomicU64 = AtomicU64::new(0);
@@ -83,6 +93,7 @@ struct ExceptionFrame {
 
 extern "C" {
     static exception_stubs: [u64; 32];
+    static device_stubs: [u64; DEVICE_VECTORS];
     fn timer_isr();
     fn spurious_isr();
 }
@@ -105,6 +116,15 @@ pub fn init() {
     gates[pic..pic + 16].fill(ignore);
     gates[usize::from(SPURIOUS_VECTOR)] = ignore;
     gates[usize::from(TIMER_VECTOR)] = Gate::interrupt(timer_isr as *const () as u64);
+    // SAFETY: `device_stubs` is a read-only table defined below.
+    let device = unsafe { &*core::ptr::addr_of!(device_stubs) };
+    let base = usize::from(DEVICE_VECTOR_BASE);
+    for (gate, &stub) in gates[base..base + DEVICE_VECTORS]
+        .iter_mut()
+        .zip(device.iter())
+    {
+        *gate = Gate::interrupt(stub);
+    }
     load();
 }
 
@@ -182,6 +202,17 @@ timer_isr:
 spurious_isr:
     iretq
 
+    /* Device vectors: count, EOI (MSIs are edge triggered). */
+    .irp i, 0,1,2,3,4,5,6,7
+device_isr_\i:
+    push %rax
+    lock incq {device_irqs}+8*\i(%rip)
+    mov {eoi}(%rip), %rax
+    movl $0, (%rax)
+    pop %rax
+    iretq
+    .endr
+
     .section .rodata.exception_stubs, "a"
     .balign 8
     .globl exception_stubs
@@ -189,10 +220,19 @@ exception_stubs:
     .irp v, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
     .quad exc_stub_\v
     .endr
+
+    .section .rodata.device_stubs, "a"
+    .balign 8
+    .globl device_stubs
+device_stubs:
+    .irp i, 0,1,2,3,4,5,6,7
+    .quad device_isr_\i
+    .endr
     .text
     "#,
     handler = sym exception_handler,
     ticks = sym TIMER_TICKS,
+    device_irqs = sym DEVICE_IRQS,
     eoi = sym LAPIC_EOI_ADDR,
     options(att_syntax)
 );
@@ -200,4 +240,13 @@ exception_stubs:
 /// Current number of timer ticks.
 pub fn timer_ticks() -> u64 {
     TIMER_TICKS.load(Ordering::SeqCst)
+}
+
+/// Interrupts taken so far on device vector `vector` (0 for vectors outside
+/// `DEVICE_VECTOR_BASE..DEVICE_VECTOR_BASE + DEVICE_VECTORS`).
+pub fn device_irqs(vector: u8) -> u64 {
+    vector
+        .checked_sub(DEVICE_VECTOR_BASE)
+        .and_then(|i| DEVICE_IRQS.get(usize::from(i)))
+        .map_or(0, |count| count.load(Ordering::SeqCst))
 }

@@ -1,46 +1,19 @@
 //! ACPI CPU discovery: the MADT's enabled local APIC entries, through the
 //! `acpi` crate.
 
+use crate::acpi_access::IdentityMap;
 use crate::bail;
 use crate::cpus::{CpuList, Source};
 use crate::exit::Reason;
 use crate::fail_reason;
-use crate::phys::{PhysRange, MAPPED_LIMIT};
+use crate::phys::PhysRange;
 use acpi::madt::{Madt, MadtEntry};
-use acpi::{AcpiHandler, AcpiTables, PhysicalMapping};
-use core::ptr::NonNull;
+use acpi::AcpiTables;
 
 /// Size of the fixed MADT header (SDT header, LAPIC address, flags).
 const MADT_HEADER_LEN: u64 = 44;
-const LAPIC_ENABLED: u32 = 1 << 0;
-
-/// Maps ACPI tables through the boot identity map.
-#[derive(Clone, Copy)]
-struct IdentityMap;
-
-impl AcpiHandler for IdentityMap {
-    unsafe fn map_physical_region<T>(
-        &self,
-        physical_address: usize,
-        size: usize,
-    ) -> PhysicalMapping<Self, T> {
-        let end = physical_address as u64 + size as u64;
-        // The trait cannot return an error: a bad address in a table ends the
-        // probe through the panic handler, which prints FAIL with the reason.
-        let Some(virtual_start) =
-            NonNull::new(physical_address as *mut T).filter(|_| end <= MAPPED_LIMIT)
-        else {
-            panic!(
-                "acpi table at {:#x} (+{:#x}) is not mapped",
-                physical_address, size
-            );
-        };
-        // SAFETY: physical == virtual below 4 GiB (checked above).
-        unsafe { PhysicalMapping::new(physical_address, virtual_start, size, size, *self) }
-    }
-
-    fn unmap_physical_region<T>(_region: &PhysicalMapping<Self, T>) {}
-}
+/// Flags bit 0 of local APIC and x2APIC entries.
+pub const LAPIC_ENABLED: u32 = 1 << 0;
 
 /// Lists the enabled CPUs in the MADT, finding the RSDP through
 /// `rsdp_paddr` or, if that is 0, the BIOS search areas.
@@ -76,7 +49,7 @@ pub fn cpus(rsdp_paddr: u64) -> Result<CpuList, Reason> {
 
 /// Checks that the entry lengths tile the table exactly (the crate's
 /// iterator trusts them).
-fn check_entries(addr: u64, len: u64) -> Result<(), Reason> {
+pub fn check_entries(addr: u64, len: u64) -> Result<(), Reason> {
     // SAFETY: the crate mapped and checksummed this table.
     let table = unsafe { PhysRange::new("madt", addr, len)? };
     if len < MADT_HEADER_LEN {

@@ -14,6 +14,9 @@
 
 extern crate alloc;
 
+mod acpi_access;
+mod acpi_power;
+mod aml_scan;
 mod apic;
 mod cmdline;
 mod cpus;
@@ -25,6 +28,11 @@ mod idt;
 mod madt;
 mod mem;
 mod mptable;
+mod msix;
+mod paging;
+mod pci;
+mod pci_alloc;
+mod pci_host;
 mod phys;
 mod pic;
 mod programs;
@@ -33,6 +41,8 @@ mod serial;
 mod smp;
 mod start_info;
 mod tsc;
+mod virtio_hal;
+mod virtio_msix;
 
 use core::panic::PanicInfo;
 
@@ -55,6 +65,11 @@ extern "C" fn probe_main(start_info_paddr: u32) -> ! {
     };
     let options = cmdline::Options::parse(info.cmdline());
     exit::set_mode(options.exit);
+    if options.exit == exit::ExitMode::Poweroff {
+        // Resolved now: `finish` must not walk firmware tables (a bad table
+        // panics, and the panic handler calls `finish` again).
+        acpi_power::install(info.rsdp_paddr);
+    }
     let result = match options.error {
         Some(reason) => Err(reason),
         None => programs::run(options.program, &info),

@@ -3,11 +3,14 @@
 //! To add one, write a `fn(&StartInfo) -> Outcome` in its own module and
 //! list it in [`PROGRAMS`].
 
+mod acpi;
 mod boot;
 mod echo;
 mod fault;
+mod pci;
 mod poweroff;
 mod reboot;
+mod rng;
 
 use crate::bail;
 use crate::exit::Reason;
@@ -41,6 +44,18 @@ const PROGRAMS: &[Program] = &[
     Program {
         name: "fault",
         run: fault::run,
+    },
+    Program {
+        name: "acpi",
+        run: acpi::run,
+    },
+    Program {
+        name: "pci",
+        run: pci::run,
+    },
+    Program {
+        name: "rng",
+        run: rng::run,
     },
 ];
 

@@ -1,0 +1,155 @@
+//! Run-time changes to the boot page tables: uncached identity mappings for
+//! device memory (PCI ECAM, BARs), below 4 GiB (where the boot map already
+//! covers it with write-back pages) and above (where new tables are taken
+//! from a small static pool).
+//!
+//! Only the boot CPU calls this, while any APs are parked in `cli; hlt`.
+
+use crate::bail;
+use crate::exit::Reason;
+use core::arch::global_asm;
+use core::arch::x86_64::__cpuid;
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+const PRESENT: u64 = 1 << 0;
+const WRITABLE: u64 = 1 << 1;
+const WRITE_THROUGH: u64 = 1 << 3;
+const CACHE_DISABLE: u64 = 1 << 4;
+const HUGE: u64 = 1 << 7;
+const TABLE_FLAGS: u64 = PRESENT | WRITABLE;
+/// A 2 MiB uncached (PCD | PWT: UC with the default PAT) device page.
+const DEVICE_PAGE_FLAGS: u64 = PRESENT | WRITABLE | WRITE_THROUGH | CACHE_DISABLE | HUGE;
+const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
+const PAGE_2M: u64 = 1 << 21;
+/// The boot tables cover this much with 2 MiB pages in `boot_pd`.
+const BOOT_MAPPED: u64 = 1 << 32;
+/// Extra page tables (PDPTs and PDs) for mappings above 4 GiB.
+const POOL_TABLES: usize = 8;
+/// Physical address width assumed when CPUID does not report it.
+const DEFAULT_PHYS_BITS: u32 = 36;
+/// Identity mapping needs canonical virtual addresses: with 4-level paging
+/// the lower half ends at 128 TiB.
+const CANONICAL_LIMIT: u64 = 1 << 47;
+
+extern "C" {
+    static mut boot_pml4: [u64; 512];
+    static mut boot_pd: [u64; 2048];
+    /// `POOL_TABLES` page-aligned 4 KiB tables reserved in the kernel image,
+    /// not zeroed at boot: `next_table` zeroes each one it hands out.
+    static mut page_table_pool: u8;
+}
+
+global_asm!(
+    r#"
+    .section .noinit.page_table_pool, "aw", @nobits
+    .balign 4096
+    .globl page_table_pool
+page_table_pool:
+    .skip {size}
+    .text
+    "#,
+    size = const POOL_TABLES * TABLE_SIZE,
+    options(att_syntax)
+);
+
+/// Bytes in a page table.
+const TABLE_SIZE: usize = 4096;
+static POOL_USED: AtomicUsize = AtomicUsize::new(0);
+
+/// End of what [`map_device`] can map: the smaller of the physical address
+/// space and the canonical lower half.
+pub fn mappable_limit() -> u64 {
+    (1u64 << phys_bits()).min(CANONICAL_LIMIT)
+}
+
+/// Width of physical addresses (CPUID 0x80000008 EAX[7:0]).
+pub fn phys_bits() -> u32 {
+    if __cpuid(0x8000_0000).eax < 0x8000_0008 {
+        return DEFAULT_PHYS_BITS;
+    }
+    match __cpuid(0x8000_0008).eax & 0xff {
+        0 => DEFAULT_PHYS_BITS,
+        bits => bits,
+    }
+}
+
+/// Identity-maps `addr..addr+len` as uncached device memory (rounded out to
+/// 2 MiB pages). Fails beyond [`mappable_limit`] or when the table pool
+/// runs out.
+pub fn map_device(addr: u64, len: u64) -> Result<(), Reason> {
+    if len == 0 {
+        return Ok(());
+    }
+    let Some(end) = addr.checked_add(len) else {
+        bail!("device range {:#x}+{:#x} overflows", addr, len);
+    };
+    let limit = mappable_limit();
+    if end > limit {
+        bail!(
+            "device range {:#x}+{:#x} cannot be identity mapped (limit {:#x})",
+            addr,
+            len,
+            limit
+        );
+    }
+    let mut page = addr & !(PAGE_2M - 1);
+    while page < end {
+        let entry = pd_entry(page)?;
+        // SAFETY: `entry` points into a live page directory (boot or pool);
+        // the new entry maps the same physical page at the same address.
+        unsafe { entry.write_volatile(page | DEVICE_PAGE_FLAGS) };
+        page += PAGE_2M;
+    }
+    flush_tlb();
+    Ok(())
+}
+
+/// The page directory entry mapping the 2 MiB page at `page`, creating the
+/// intermediate tables above 4 GiB.
+fn pd_entry(page: u64) -> Result<*mut u64, Reason> {
+    if page < BOOT_MAPPED {
+        // SAFETY: `boot_pd` has 2048 entries covering 0..4 GiB.
+        return Ok(unsafe { core::ptr::addr_of_mut!(boot_pd[(page >> 21) as usize]) });
+    }
+    // SAFETY: `boot_pml4` is the live top-level table.
+    let pml4e = unsafe { core::ptr::addr_of_mut!(boot_pml4[((page >> 39) & 511) as usize]) };
+    let pdpt = next_table(pml4e, page)?;
+    // SAFETY: `pdpt` is a 512-entry table returned by `next_table`.
+    let pdpte = unsafe { pdpt.add(((page >> 30) & 511) as usize) };
+    let pd = next_table(pdpte, page)?;
+    // SAFETY: `pd` is a 512-entry table returned by `next_table`.
+    Ok(unsafe { pd.add(((page >> 21) & 511) as usize) })
+}
+
+/// The table `entry` points to, allocated from the pool if not present.
+fn next_table(entry: *mut u64, page: u64) -> Result<*mut u64, Reason> {
+    // SAFETY: `entry` points into a live table (see `pd_entry`).
+    let value = unsafe { entry.read_volatile() };
+    if value & PRESENT != 0 {
+        if value & HUGE != 0 {
+            bail!("{:#x} is already mapped by a 1 GiB page", page);
+        }
+        return Ok((value & ADDR_MASK) as *mut u64);
+    }
+    let index = POOL_USED.fetch_add(1, Ordering::Relaxed);
+    if index >= POOL_TABLES {
+        bail!("out of page tables mapping {:#x}", page);
+    }
+    // SAFETY: each pool slot is handed out once (the index only grows), the
+    // pool lies inside the identity-mapped image, and the entry is written
+    // only after the table is zeroed.
+    unsafe {
+        let table = core::ptr::addr_of_mut!(page_table_pool).add(index * TABLE_SIZE);
+        table.write_bytes(0, TABLE_SIZE);
+        entry.write_volatile(table as u64 | TABLE_FLAGS);
+        Ok(table.cast::<u64>())
+    }
+}
+
+/// Drops all non-global TLB entries by reloading CR3.
+fn flush_tlb() {
+    // SAFETY: writing CR3 with its current value only flushes the TLB.
+    unsafe {
+        core::arch::asm!("mov {tmp}, cr3", "mov cr3, {tmp}", tmp = out(reg) _, options(nostack, preserves_flags));
+    }
+}
