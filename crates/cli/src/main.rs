@@ -37,6 +37,10 @@ struct Cli {
     /// Enable QEMU's isa-debug-exit on port 0xf4: a write of v ends ferrovisor with status (v << 1) | 1.
     #[arg(long)]
     debug_exit: bool,
+    /// A virtio-blk disk: path=FILE[,readonly=on][,direct=on][,serial=ID][,num_queues=N][,queue_size=N]
+    /// [,logical_block_size=N][,physical_block_size=N][,discard=on|off][,id=NAME][,addr=SLOT]. Repeatable.
+    #[arg(long, value_name = "path=FILE,...")]
+    disk: Vec<String>,
     /// Give the guest a virtio-rng device (PCI) fed from the host's getrandom.
     #[arg(long)]
     rng: bool,
@@ -60,6 +64,11 @@ impl Cli {
             debug_exit: self.debug_exit,
             on_reboot: config::parse_on_reboot(&self.on_reboot)?,
             rng: self.rng,
+            disks: self
+                .disk
+                .iter()
+                .map(|d| config::parse_disk(d))
+                .collect::<Result<_, _>>()?,
         })
     }
 }

@@ -25,6 +25,35 @@ pub struct VmConfig {
     pub on_reboot: RebootPolicy,
     /// Whether the guest gets a virtio entropy device.
     pub rng: bool,
+    /// virtio-blk disks, in PCI slot order.
+    pub disks: Vec<DiskConfig>,
+}
+
+/// `--disk`: one virtio-blk device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskConfig {
+    /// Raw image file or block device.
+    pub path: PathBuf,
+    /// Refuse guest writes.
+    pub readonly: bool,
+    /// Open with O_DIRECT (bypass the host page cache).
+    pub direct: bool,
+    /// GET_ID answer (at most 20 bytes).
+    pub serial: Option<String>,
+    /// Request queues.
+    pub num_queues: u16,
+    /// Size of each queue (a power of two, 2..=32768).
+    pub queue_size: u16,
+    /// Name of the device.
+    pub id: Option<String>,
+    /// Logical block size (512 or 4096; default: the host's).
+    pub logical_block_size: Option<u32>,
+    /// Physical block size (default: the host's).
+    pub physical_block_size: Option<u32>,
+    /// Offer discard and write-zeroes.
+    pub discard: bool,
+    /// PCI slot (1..=31); default: the next free one.
+    pub addr: Option<u8>,
 }
 
 /// `--cpus`.
@@ -210,6 +239,117 @@ pub fn parse_serial(value: &str) -> Result<SerialConfig, ConfigError> {
     }
 }
 
+fn parse_on_off(flag: &'static str, key: &str, value: &str) -> Result<bool, ConfigError> {
+    match value {
+        "on" | "true" => Ok(true),
+        "off" | "false" => Ok(false),
+        _ => Err(ConfigError::new(
+            flag,
+            format!("{key}={value}: expected on or off"),
+        )),
+    }
+}
+
+fn parse_number<T: std::str::FromStr>(
+    flag: &'static str,
+    key: &str,
+    value: &str,
+) -> Result<T, ConfigError> {
+    value
+        .parse()
+        .map_err(|_| ConfigError::new(flag, format!("{key}={value}: not a valid number")))
+}
+
+/// Parses `--disk path=FILE,readonly=on|off,direct=on|off,serial=ID,num_queues=N,
+/// queue_size=N,id=NAME,logical_block_size=N,physical_block_size=N,discard=on|off,addr=SLOT`.
+pub fn parse_disk(value: &str) -> Result<DiskConfig, ConfigError> {
+    const FLAG: &str = "--disk";
+    const KEYS: [&str; 11] = [
+        "path",
+        "readonly",
+        "direct",
+        "serial",
+        "num_queues",
+        "queue_size",
+        "id",
+        "logical_block_size",
+        "physical_block_size",
+        "discard",
+        "addr",
+    ];
+    let mut disk = DiskConfig {
+        path: PathBuf::new(),
+        readonly: false,
+        direct: false,
+        serial: None,
+        num_queues: 1,
+        queue_size: 256,
+        id: None,
+        logical_block_size: None,
+        physical_block_size: None,
+        discard: true,
+        addr: None,
+    };
+    for (key, val) in parse_options(FLAG, value, &KEYS)? {
+        match key {
+            "path" => disk.path = PathBuf::from(val),
+            "readonly" => disk.readonly = parse_on_off(FLAG, key, val)?,
+            "direct" => disk.direct = parse_on_off(FLAG, key, val)?,
+            "discard" => disk.discard = parse_on_off(FLAG, key, val)?,
+            "serial" => disk.serial = Some(val.to_string()),
+            "id" => disk.id = Some(val.to_string()),
+            "num_queues" => disk.num_queues = parse_number(FLAG, key, val)?,
+            "queue_size" => disk.queue_size = parse_number(FLAG, key, val)?,
+            "logical_block_size" => disk.logical_block_size = Some(parse_number(FLAG, key, val)?),
+            "physical_block_size" => disk.physical_block_size = Some(parse_number(FLAG, key, val)?),
+            _ => disk.addr = Some(parse_number(FLAG, key, val)?),
+        }
+    }
+    if disk.path.as_os_str().is_empty() {
+        return Err(ConfigError::new(FLAG, "path=FILE is required"));
+    }
+    if !(1..=64).contains(&disk.num_queues) {
+        return Err(ConfigError::new(
+            FLAG,
+            format!("num_queues={}: must be 1 to 64", disk.num_queues),
+        ));
+    }
+    if !disk.queue_size.is_power_of_two() || !(2..=32768).contains(&disk.queue_size) {
+        return Err(ConfigError::new(
+            FLAG,
+            format!(
+                "queue_size={}: must be a power of two from 2 to 32768",
+                disk.queue_size
+            ),
+        ));
+    }
+    for (key, size) in [
+        ("logical_block_size", disk.logical_block_size),
+        ("physical_block_size", disk.physical_block_size),
+    ] {
+        if let Some(size) = size {
+            if !size.is_power_of_two() || !(512..=65536).contains(&size) {
+                return Err(ConfigError::new(
+                    FLAG,
+                    format!("{key}={size}: must be a power of two from 512 to 65536"),
+                ));
+            }
+        }
+    }
+    if let (Some(l), Some(p)) = (disk.logical_block_size, disk.physical_block_size) {
+        if p < l {
+            return Err(ConfigError::new(
+                FLAG,
+                "physical_block_size must not be smaller than logical_block_size",
+            ));
+        }
+    }
+    if disk.addr.is_some_and(|a| !(1..=31).contains(&a)) {
+        return Err(ConfigError::new(FLAG, "addr: PCI slots 1 to 31"));
+    }
+    Ok(disk)
+}
+
 /// Parses `--on-reboot restart|exit`.
 pub fn parse_on_reboot(value: &str) -> Result<RebootPolicy, ConfigError> {
     match value {
@@ -272,6 +412,32 @@ mod tests {
             .message
             .contains("4 KiB"));
         assert!(parse_memory("").is_err());
+    }
+
+    #[test]
+    fn disks() {
+        let d = parse_disk("path=/img,readonly=on,direct=on,serial=abc,num_queues=4,queue_size=128,logical_block_size=4096,addr=5").unwrap();
+        assert_eq!(
+            (d.readonly, d.direct, d.num_queues, d.queue_size, d.addr),
+            (true, true, 4, 128, Some(5))
+        );
+        assert_eq!(d.logical_block_size, Some(4096));
+        assert_eq!(parse_disk("path=/img").unwrap().queue_size, 256);
+        for bad in [
+            "",
+            "readonly=on",
+            "path=/a,readonly=maybe",
+            "path=/a,num_queues=0",
+            "path=/a,queue_size=100",
+            "path=/a,queue_size=65536",
+            "path=/a,logical_block_size=1000",
+            "path=/a,logical_block_size=4096,physical_block_size=512",
+            "path=/a,addr=0",
+            "path=/a,addr=32",
+            "path=/a,frobnicate=1",
+        ] {
+            assert_eq!(parse_disk(bad).unwrap_err().flag, "--disk", "{bad}");
+        }
     }
 
     #[test]

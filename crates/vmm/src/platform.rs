@@ -6,16 +6,20 @@ use std::sync::{Arc, Mutex};
 
 use arch::layout::{PCI_ECAM_SIZE, PCI_ECAM_START, PCI_MMIO32_SIZE, PCI_MMIO32_START};
 use arch::{memory_map, GuestMemory};
+use block::DiskFile;
 use devices::{cmos::Cmos, debug_exit::DebugExit, i8042::I8042, pm, serial, GuestRequestSink};
 use hypervisor::Vm;
 use pci::access::{CONFIG_IO_LEN, CONFIG_IO_PORT};
+use pci::root::SharedPciDevice;
 use pci::{AddressAllocator, MsiMessage, MsiSender, PciConfigIo, PciConfigMmio, PciRoot};
+use virtio::block::{Block, BlockConfig};
 use virtio::IoEventRegistrar;
 use vm_device::{Bus, BusDevice, SharedDevice};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::config::VmConfig;
 use crate::console::Console;
+use crate::ConfigError;
 use crate::Error;
 
 /// The buses the vCPUs dispatch exits to, and the PCI root behind them.
@@ -36,6 +40,9 @@ fn insert(bus: &Bus, device: SharedDevice, base: u64, len: u64) -> Result<(), Er
     bus.insert(device, base, len)
         .map_err(|e| Error::Internal(format!("bus: {e}")))
 }
+
+/// Builds a PCI device once its BAR address is known.
+type MakeDevice = Box<dyn FnOnce(u64) -> std::io::Result<SharedPciDevice>>;
 
 /// Delivers MSIs with KVM_SIGNAL_MSI.
 struct KvmMsi(Arc<Vm>);
@@ -75,6 +82,7 @@ impl Buses {
         sink: GuestRequestSink,
         vm: &Arc<Vm>,
         mem: &GuestMemory,
+        disks: &[Arc<dyn DiskFile>],
     ) -> Result<Buses, Error> {
         let pio = Arc::new(Bus::new());
         let mmio = Arc::new(Bus::new());
@@ -125,39 +133,102 @@ impl Buses {
         )?;
 
         let buses = Buses { pio, mmio, pci };
-        buses.add_virtio_devices(config, vm, mem)?;
+        buses.add_virtio_devices(config, vm, mem, disks)?;
         Ok(buses)
     }
 
-    /// The virtio devices, in a fixed order so that a configuration always
-    /// gives the same slots: entropy last.
+    /// The virtio devices. Slots are stable for a configuration: devices
+    /// with `addr=` take their slot, then disks in command-line order, then
+    /// the entropy device, each in the lowest free slot.
     fn add_virtio_devices(
         &self,
         config: &VmConfig,
         vm: &Arc<Vm>,
         mem: &GuestMemory,
+        disks: &[Arc<dyn DiskFile>],
     ) -> Result<(), Error> {
         // Small BARs (64-bit capable) go below 4 GiB, as firmware places them.
         let mut mmio32 = AddressAllocator::new(PCI_MMIO32_START, PCI_MMIO32_SIZE);
         let sender: Arc<dyn MsiSender> = Arc::new(KvmMsi(vm.clone()));
         let ioevents: Arc<dyn IoEventRegistrar> = Arc::new(KvmIoEvents(vm.clone()));
-        let mut root = self.pci.lock().unwrap_or_else(|p| p.into_inner());
+        let mut devices: Vec<(Option<u8>, MakeDevice)> = Vec::new();
+        for (disk, file) in config.disks.iter().zip(disks) {
+            let block_config = BlockConfig {
+                disk: file.clone(),
+                read_only: disk.readonly,
+                serial: disk.serial.clone().unwrap_or_default(),
+                num_queues: disk.num_queues,
+                queue_size: disk.queue_size,
+                logical_block_size: disk.logical_block_size,
+                physical_block_size: disk.physical_block_size,
+                discard: disk.discard,
+            };
+            let (mem, sender, ioevents) = (mem.clone(), sender.clone(), ioevents.clone());
+            devices.push((
+                disk.addr,
+                Box::new(move |bar| {
+                    let d = virtio::VirtioPci::new(
+                        Block::new(block_config),
+                        mem,
+                        bar,
+                        sender,
+                        ioevents,
+                    )?;
+                    Ok(Arc::new(Mutex::new(d)) as SharedPciDevice)
+                }),
+            ));
+        }
         if config.rng {
+            let (mem, sender, ioevents) = (mem.clone(), sender.clone(), ioevents.clone());
+            devices.push((
+                None,
+                Box::new(move |bar| {
+                    let d = virtio::VirtioPci::new(
+                        virtio::rng::Rng::new(),
+                        mem,
+                        bar,
+                        sender,
+                        ioevents,
+                    )?;
+                    Ok(Arc::new(Mutex::new(d)) as SharedPciDevice)
+                }),
+            ));
+        }
+        let mut root = self.pci.lock().unwrap_or_else(|p| p.into_inner());
+        // Pinned slots first, so that unpinned devices fill around them.
+        let mut slots: Vec<u8> = Vec::new();
+        let pinned: Vec<u8> = devices.iter().filter_map(|(a, _)| *a).collect();
+        let mut next_free = 1u8;
+        for (addr, _) in &devices {
+            let slot = match addr {
+                Some(a) if slots.contains(a) => {
+                    return Err(ConfigError::new(
+                        "--disk",
+                        format!("addr={a}: PCI slot given twice"),
+                    )
+                    .into())
+                }
+                Some(a) => *a,
+                None => {
+                    while pinned.contains(&next_free) || slots.contains(&next_free) {
+                        next_free += 1;
+                    }
+                    if next_free >= pci::root::SLOTS {
+                        return Err(
+                            ConfigError::new("--disk", "more devices than PCI slots").into()
+                        );
+                    }
+                    next_free
+                }
+            };
+            slots.push(slot);
+        }
+        for ((_, make), slot) in devices.into_iter().zip(slots) {
             let bar = mmio32
                 .allocate(virtio::pci_transport::layout::BAR_SIZE)
                 .ok_or_else(|| Error::Internal("PCI MMIO window full".into()))?;
-            let device = virtio::VirtioPci::new(
-                virtio::rng::Rng::new(),
-                mem.clone(),
-                bar,
-                sender.clone(),
-                ioevents.clone(),
-            )
-            .map_err(Error::io("creating virtio-rng"))?;
-            let slot = root
-                .free_slot()
-                .ok_or_else(|| Error::Internal("no free PCI slot".into()))?;
-            root.add(slot, Arc::new(Mutex::new(device)))
+            let device = make(bar).map_err(Error::io("creating a virtio device"))?;
+            root.add(slot, device)
                 .map_err(|e| Error::Internal(e.to_string()))?;
             // Decoding starts on: the VMM is the firmware here.
             root.enable_decoding(slot);

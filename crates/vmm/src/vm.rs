@@ -76,6 +76,8 @@ const ANY_GENERATION: u64 = u64::MAX;
 struct BootFiles {
     kernel: Vec<u8>,
     initramfs: Option<Vec<u8>>,
+    /// The disks, opened once; a reboot keeps them open.
+    disks: Vec<Arc<dyn block::DiskFile>>,
 }
 
 /// Boots the VM described by `config` and runs it until it ends.
@@ -161,7 +163,21 @@ fn read_boot_files(config: &VmConfig) -> Result<BootFiles, Error> {
         Some(path) => Some(read_limited("--initramfs", path, ram)?),
         None => None,
     };
-    Ok(BootFiles { kernel, initramfs })
+    let mut disks: Vec<Arc<dyn block::DiskFile>> = Vec::new();
+    for disk in &config.disks {
+        let options = block::OpenOptions {
+            read_only: disk.readonly,
+            direct: disk.direct,
+        };
+        let file = block::RawFile::open(&disk.path, options)
+            .map_err(|e| ConfigError::new("--disk", format!("{}: {e}", disk.path.display())))?;
+        disks.push(Arc::new(file));
+    }
+    Ok(BootFiles {
+        kernel,
+        initramfs,
+        disks,
+    })
 }
 
 extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
@@ -238,7 +254,7 @@ fn run_instance(
 
     let stop = Arc::new(AtomicBool::new(false));
     let sink = request_sink(events_tx.clone(), generation, stop.clone());
-    let buses = platform::Buses::new(config, console, sink, &vm, &mem)?;
+    let buses = platform::Buses::new(config, console, sink, &vm, &mem, &files.disks)?;
     let (pio, mmio) = (buses.pio.clone(), buses.mmio.clone());
     {
         let port = console.port();

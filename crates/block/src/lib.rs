@@ -1,0 +1,84 @@
+//! Disk images for Ferrovisor's block devices and image tools, behind one
+//! [`DiskFile`] trait. Today: raw files and block devices. The crate knows
+//! nothing of virtio or VMs, so tools and fuzz targets can use it alone.
+
+pub mod raw;
+
+pub use raw::{OpenOptions, RawFile};
+
+use std::io;
+
+use vm_memory::VolatileSlice;
+
+/// Block sizes a disk reports (what the guest sees as logical and physical
+/// block size, minimum and optimal I/O size, alignment offset).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Topology {
+    /// Logical block size in bytes (512 or 4096).
+    pub logical_block_size: u32,
+    /// Physical block size in bytes.
+    pub physical_block_size: u32,
+    /// Minimum I/O size in bytes.
+    pub min_io_size: u32,
+    /// Optimal I/O size in bytes (0: not reported).
+    pub opt_io_size: u32,
+    /// Offset of the first aligned logical block, in logical blocks.
+    pub alignment_offset: u32,
+}
+
+/// A disk image: random access by byte offset. Implementations are shared
+/// between queue workers, so every method takes `&self` and is positional.
+pub trait DiskFile: Send + Sync {
+    /// Size in bytes.
+    fn size(&self) -> u64;
+    /// Whether writes are refused.
+    fn read_only(&self) -> bool;
+    /// The block sizes the host file or device reports.
+    fn topology(&self) -> Topology;
+    /// Reads into `buf` (guest memory) from `offset`; returns bytes read (0 at end).
+    fn read_at(&self, buf: &VolatileSlice, offset: u64) -> io::Result<usize>;
+    /// Writes `buf` (guest memory) at `offset`; returns bytes written.
+    fn write_at(&self, buf: &VolatileSlice, offset: u64) -> io::Result<usize>;
+    /// Makes every completed write durable (fdatasync).
+    fn flush(&self) -> io::Result<()>;
+    /// Deallocates `[offset, offset + len)`; it then reads as zeros.
+    fn discard(&self, offset: u64, len: u64) -> io::Result<()>;
+    /// Makes `[offset, offset + len)` read as zeros, deallocating it when `unmap`.
+    fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> io::Result<()>;
+}
+
+/// Reads exactly `buf.len()` bytes at `offset`, failing at end of file.
+pub fn read_exact_at(disk: &dyn DiskFile, buf: &VolatileSlice, mut offset: u64) -> io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        let part = buf
+            .offset(done)
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        match disk.read_at(&part, offset)? {
+            0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+            n => {
+                done += n;
+                offset += n as u64;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes all of `buf` at `offset`.
+pub fn write_all_at(disk: &dyn DiskFile, buf: &VolatileSlice, mut offset: u64) -> io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        let part = buf
+            .offset(done)
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        match disk.write_at(&part, offset)? {
+            0 => return Err(io::ErrorKind::WriteZero.into()),
+            n => {
+                done += n;
+                offset += n as u64;
+            }
+        }
+    }
+    Ok(())
+}

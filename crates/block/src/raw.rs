@@ -1,0 +1,315 @@
+//! Raw images: regular files (sparse-aware discard) and block devices,
+//! optionally opened with O_DIRECT.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::Path;
+
+use vm_memory::VolatileSlice;
+
+use crate::{DiskFile, Topology};
+
+/// How to open a raw image.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OpenOptions {
+    /// Refuse writes (and open the file read-only).
+    pub read_only: bool,
+    /// Bypass the host page cache (O_DIRECT).
+    pub direct: bool,
+}
+
+/// A raw image.
+pub struct RawFile {
+    file: File,
+    size: u64,
+    read_only: bool,
+    block_device: bool,
+    topology: Topology,
+}
+
+// Block device ioctls (linux/fs.h).
+const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
+const BLKSSZGET: libc::c_ulong = 0x1268;
+const BLKPBSZGET: libc::c_ulong = 0x127b;
+const BLKIOMIN: libc::c_ulong = 0x1278;
+const BLKIOOPT: libc::c_ulong = 0x1279;
+const BLKALIGNOFF: libc::c_ulong = 0x127a;
+const BLKDISCARD: libc::c_ulong = 0x1277;
+const BLKZEROOUT: libc::c_ulong = 0x127f;
+
+fn ioctl_int(file: &File, request: libc::c_ulong) -> Option<u32> {
+    let mut v: libc::c_int = 0;
+    // SAFETY: the request writes one int into `v`, which outlives the call.
+    let r = unsafe { libc::ioctl(file.as_raw_fd(), request, &mut v) };
+    (r == 0 && v >= 0).then_some(v as u32)
+}
+
+impl RawFile {
+    /// Opens `path`.
+    pub fn open(path: &Path, options: OpenOptions) -> io::Result<RawFile> {
+        let mut flags = libc::O_CLOEXEC;
+        if options.direct {
+            flags |= libc::O_DIRECT;
+        }
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(!options.read_only)
+            .custom_flags(flags)
+            .open(path)?;
+        let meta = file.metadata()?;
+        let block_device = meta.file_type().is_block_device();
+        let (size, topology) = if block_device {
+            let mut size: u64 = 0;
+            // SAFETY: BLKGETSIZE64 writes one u64 into `size`.
+            if unsafe { libc::ioctl(file.as_raw_fd(), BLKGETSIZE64, &mut size) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let logical = ioctl_int(&file, BLKSSZGET).unwrap_or(512);
+            let topology = Topology {
+                logical_block_size: logical,
+                physical_block_size: ioctl_int(&file, BLKPBSZGET).unwrap_or(logical),
+                min_io_size: ioctl_int(&file, BLKIOMIN).unwrap_or(logical),
+                opt_io_size: ioctl_int(&file, BLKIOOPT).unwrap_or(0),
+                alignment_offset: ioctl_int(&file, BLKALIGNOFF).unwrap_or(0) / logical.max(1),
+            };
+            (size, topology)
+        } else if meta.file_type().is_file() {
+            let physical = (meta.blksize() as u32).clamp(512, 1 << 16);
+            let topology = Topology {
+                logical_block_size: 512,
+                physical_block_size: physical,
+                min_io_size: physical,
+                opt_io_size: 0,
+                alignment_offset: 0,
+            };
+            (meta.len(), topology)
+        } else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a regular file or block device",
+            ));
+        };
+        Ok(RawFile {
+            file,
+            size,
+            read_only: options.read_only,
+            block_device,
+            topology,
+        })
+    }
+
+    fn punch(&self, mode: libc::c_int, offset: u64, len: u64) -> io::Result<()> {
+        // SAFETY: fallocate on our own descriptor with plain integer arguments.
+        let r = unsafe {
+            libc::fallocate(
+                self.file.as_raw_fd(),
+                mode,
+                offset as libc::off_t,
+                len as libc::off_t,
+            )
+        };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
+    fn range_ioctl(&self, request: libc::c_ulong, offset: u64, len: u64) -> io::Result<()> {
+        let range = [offset, len];
+        // SAFETY: the request reads two u64s from `range`, which outlives the call.
+        if unsafe { libc::ioctl(self.file.as_raw_fd(), request, range.as_ptr()) } == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
+    fn check_writable(&self) -> io::Result<()> {
+        if self.read_only {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "read-only disk",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl DiskFile for RawFile {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read_only(&self) -> bool {
+        self.read_only
+    }
+
+    fn topology(&self) -> Topology {
+        self.topology
+    }
+
+    fn read_at(&self, buf: &VolatileSlice, offset: u64) -> io::Result<usize> {
+        let guard = buf.ptr_guard_mut();
+        // SAFETY: the guard keeps `buf.len()` bytes of mapped guest memory
+        // valid; pread writes at most that many bytes there.
+        let r = unsafe {
+            libc::pread(
+                self.file.as_raw_fd(),
+                guard.as_ptr().cast(),
+                buf.len(),
+                offset as libc::off_t,
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(r as usize)
+    }
+
+    fn write_at(&self, buf: &VolatileSlice, offset: u64) -> io::Result<usize> {
+        self.check_writable()?;
+        let guard = buf.ptr_guard();
+        // SAFETY: the guard keeps `buf.len()` bytes of mapped guest memory
+        // valid; pwrite only reads them.
+        let r = unsafe {
+            libc::pwrite(
+                self.file.as_raw_fd(),
+                guard.as_ptr().cast(),
+                buf.len(),
+                offset as libc::off_t,
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(r as usize)
+    }
+
+    fn flush(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
+    fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.check_writable()?;
+        if self.block_device {
+            self.range_ioctl(BLKDISCARD, offset, len)
+        } else {
+            self.punch(
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                offset,
+                len,
+            )
+        }
+    }
+
+    fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> io::Result<()> {
+        self.check_writable()?;
+        if self.block_device {
+            return self.range_ioctl(BLKZEROOUT, offset, len);
+        }
+        if unmap {
+            if let Ok(()) = self.punch(
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                offset,
+                len,
+            ) {
+                return Ok(());
+            }
+        }
+        self.punch(
+            libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
+            offset,
+            len,
+        )
+        .or_else(|_| {
+            self.punch(
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                offset,
+                len,
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Seek, SeekFrom, Write};
+
+    fn temp_file(len: u64) -> (std::path::PathBuf, File) {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("ferrovisor-raw-{}-{n}", std::process::id()));
+        let f = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        f.set_len(len).unwrap();
+        (path, f)
+    }
+
+    #[test]
+    fn read_write_discard_zeroes() {
+        let (path, mut f) = temp_file(1 << 20);
+        f.write_all(&[7u8; 8192]).unwrap();
+        let disk = RawFile::open(&path, OpenOptions::default()).unwrap();
+        assert_eq!(disk.size(), 1 << 20);
+        assert_eq!(disk.topology().logical_block_size, 512);
+        let mut mem = vec![0u8; 4096];
+        let slice = VolatileSlice::from(&mut mem[..]);
+        assert_eq!(disk.read_at(&slice, 0).unwrap(), 4096);
+        assert!(mem.iter().all(|b| *b == 7));
+        let mut data = vec![9u8; 512];
+        disk.write_at(&VolatileSlice::from(&mut data[..]), 4096)
+            .unwrap();
+        disk.flush().unwrap();
+        disk.discard(0, 4096).unwrap();
+        disk.write_zeroes(8192 - 512, 512, false).unwrap();
+        let mut back = vec![0u8; 8192];
+        f.seek(SeekFrom::Start(0)).unwrap();
+        f.read_exact(&mut back).unwrap();
+        assert!(
+            back[..4096].iter().all(|b| *b == 0),
+            "discarded range reads zeros"
+        );
+        assert!(back[4096..4608].iter().all(|b| *b == 9));
+        assert!(back[4608..7680].iter().all(|b| *b == 7));
+        assert!(back[7680..].iter().all(|b| *b == 0));
+        let slice = VolatileSlice::from(&mut mem[..]);
+        assert_eq!(
+            disk.read_at(&slice.subslice(0, 16).unwrap(), 1 << 20)
+                .unwrap(),
+            0,
+            "end of file"
+        );
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn read_only_refuses_writes() {
+        let (path, _f) = temp_file(4096);
+        let disk = RawFile::open(
+            &path,
+            OpenOptions {
+                read_only: true,
+                direct: false,
+            },
+        )
+        .unwrap();
+        let mut data = vec![1u8; 512];
+        assert!(disk
+            .write_at(&VolatileSlice::from(&mut data[..]), 0)
+            .is_err());
+        assert!(disk.discard(0, 512).is_err());
+        assert!(disk.write_zeroes(0, 512, true).is_err());
+        assert!(disk.read_only());
+        std::fs::remove_file(path).unwrap();
+        assert!(RawFile::open(std::path::Path::new("/dev/null"), OpenOptions::default()).is_err());
+    }
+}

@@ -1,0 +1,768 @@
+//! virtio-blk: a disk from the `block` crate, one worker thread per queue,
+//! requests served straight between the image and guest memory.
+//!
+//! Requests are hostile input: every length, sector and segment is checked,
+//! a malformed request gets IOERR (or nothing, when it has no status byte),
+//! and a broken ring puts the device in NEEDS_RESET.
+
+use std::sync::Arc;
+
+use block::DiskFile;
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use vm_memory::{GuestMemoryBackend, VolatileSlice};
+
+use crate::device::{ActivateError, Interrupt, QueueSet, VirtioDevice};
+use crate::features::{RING_EVENT_IDX, RING_INDIRECT_DESC, VERSION_1};
+use crate::worker::{QueueHandler, Worker};
+use crate::GuestMemory;
+
+/// virtio device ID of a block device.
+pub const DEVICE_TYPE: u16 = 2;
+/// Sector size of the virtio-blk protocol.
+pub const SECTOR_SIZE: u64 = 512;
+
+/// Feature bits (virtio 1.x §5.2.3).
+pub mod feature {
+    /// Maximum segments per request is in seg_max.
+    pub const SEG_MAX: u64 = 1 << 2;
+    /// The disk is read-only.
+    pub const RO: u64 = 1 << 5;
+    /// blk_size holds the logical block size.
+    pub const BLK_SIZE: u64 = 1 << 6;
+    /// Cache flush command.
+    pub const FLUSH: u64 = 1 << 9;
+    /// Topology fields are valid.
+    pub const TOPOLOGY: u64 = 1 << 10;
+    /// Several request queues.
+    pub const MQ: u64 = 1 << 12;
+    /// Discard command.
+    pub const DISCARD: u64 = 1 << 13;
+    /// Write-zeroes command.
+    pub const WRITE_ZEROES: u64 = 1 << 14;
+}
+
+const T_IN: u32 = 0;
+const T_OUT: u32 = 1;
+const T_FLUSH: u32 = 4;
+const T_GET_ID: u32 = 8;
+const T_DISCARD: u32 = 11;
+const T_WRITE_ZEROES: u32 = 13;
+const S_OK: u8 = 0;
+const S_IOERR: u8 = 1;
+const S_UNSUPP: u8 = 2;
+const ID_BYTES: usize = 20;
+const HEADER_BYTES: usize = 16;
+const SEGMENT_BYTES: usize = 16;
+const MAX_DISCARD_SEGMENTS: u32 = 1;
+const WRITE_ZEROES_UNMAP: u32 = 1;
+
+/// How the guest sees the disk.
+#[derive(Clone)]
+pub struct BlockConfig {
+    /// The image.
+    pub disk: Arc<dyn DiskFile>,
+    /// Refuse writes (RO feature).
+    pub read_only: bool,
+    /// GET_ID answer (at most 20 bytes are used).
+    pub serial: String,
+    /// Request queues.
+    pub num_queues: u16,
+    /// Maximum size of each queue.
+    pub queue_size: u16,
+    /// Logical block size override (else what the host reports).
+    pub logical_block_size: Option<u32>,
+    /// Physical block size override (else what the host reports).
+    pub physical_block_size: Option<u32>,
+    /// Offer DISCARD and WRITE_ZEROES.
+    pub discard: bool,
+}
+
+/// The block device.
+pub struct Block {
+    config: BlockConfig,
+    config_space: Vec<u8>,
+    queue_sizes: Vec<u16>,
+    features: u64,
+    workers: Vec<Worker>,
+}
+
+impl Block {
+    /// A block device for `config`.
+    pub fn new(config: BlockConfig) -> Block {
+        let topo = config.disk.topology();
+        let logical = config
+            .logical_block_size
+            .unwrap_or(topo.logical_block_size)
+            .max(512);
+        let physical = config
+            .physical_block_size
+            .unwrap_or(topo.physical_block_size)
+            .max(logical);
+        let queue_size = config.queue_size.max(2);
+        let mut features = VERSION_1 | RING_INDIRECT_DESC | RING_EVENT_IDX | feature::SEG_MAX;
+        features |= feature::BLK_SIZE | feature::FLUSH | feature::TOPOLOGY;
+        if config.num_queues > 1 {
+            features |= feature::MQ;
+        }
+        if config.read_only {
+            features |= feature::RO;
+        } else if config.discard {
+            features |= feature::DISCARD | feature::WRITE_ZEROES;
+        }
+        let mut cs = vec![0u8; 60];
+        let put32 = |cs: &mut Vec<u8>, off: usize, v: u32| {
+            cs[off..off + 4].copy_from_slice(&v.to_le_bytes())
+        };
+        cs[0..8].copy_from_slice(&(config.disk.size() / SECTOR_SIZE).to_le_bytes());
+        put32(&mut cs, 12, u32::from(queue_size - 2)); // seg_max: the header and status take two
+        put32(&mut cs, 20, logical);
+        cs[24] = (physical / logical).trailing_zeros() as u8;
+        cs[25] = topo.alignment_offset.min(255) as u8;
+        let min_io = (topo.min_io_size.max(physical) / logical).min(u32::from(u16::MAX)) as u16;
+        cs[26..28].copy_from_slice(&min_io.to_le_bytes());
+        put32(&mut cs, 28, topo.opt_io_size / logical);
+        cs[34..36].copy_from_slice(&config.num_queues.max(1).to_le_bytes());
+        let max_sectors = u32::MAX / SECTOR_SIZE as u32;
+        put32(&mut cs, 36, max_sectors);
+        put32(&mut cs, 40, MAX_DISCARD_SEGMENTS);
+        put32(&mut cs, 44, logical / SECTOR_SIZE as u32);
+        put32(&mut cs, 48, max_sectors);
+        put32(&mut cs, 52, MAX_DISCARD_SEGMENTS);
+        cs[56] = 1; // write_zeroes_may_unmap
+        let queue_sizes = vec![queue_size; usize::from(config.num_queues.max(1))];
+        Block {
+            config,
+            config_space: cs,
+            queue_sizes,
+            features,
+            workers: Vec::new(),
+        }
+    }
+}
+
+impl VirtioDevice for Block {
+    fn device_type(&self) -> u16 {
+        DEVICE_TYPE
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &self.queue_sizes
+    }
+
+    fn features(&self) -> u64 {
+        self.features
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = offset
+                .checked_add(i as u64)
+                .and_then(|o| self.config_space.get(o as usize))
+                .copied()
+                .unwrap_or(0);
+        }
+    }
+
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {
+        // writeback (offset 32) is not offered; everything else is read-only.
+    }
+
+    fn activate(&mut self, set: QueueSet) -> Result<(), ActivateError> {
+        for (index, queue, event) in set.queues {
+            let handler = RequestQueue {
+                index,
+                mem: set.mem.clone(),
+                queue,
+                interrupt: set.interrupt.clone(),
+                disk: self.config.disk.clone(),
+                read_only: self.config.read_only,
+                discard: self.config.discard && !self.config.read_only,
+                serial: self.config.serial.clone(),
+                broken: false,
+            };
+            self.workers.push(Worker::spawn(
+                format!("virtio-blk-q{index}"),
+                vec![event],
+                handler,
+            )?);
+        }
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        self.workers.clear();
+    }
+}
+
+/// One request queue and what serving it needs.
+struct RequestQueue {
+    index: u16,
+    mem: GuestMemory,
+    queue: Queue,
+    interrupt: Arc<dyn Interrupt>,
+    disk: Arc<dyn DiskFile>,
+    read_only: bool,
+    discard: bool,
+    serial: String,
+    broken: bool,
+}
+
+/// The buffers of one request, split as the protocol frames them.
+struct Request<'a> {
+    readable: Vec<VolatileSlice<'a>>,
+    writable: Vec<VolatileSlice<'a>>,
+}
+
+/// Splits the first `n` bytes off `slices`.
+fn take_front<'a>(
+    slices: &mut Vec<VolatileSlice<'a>>,
+    mut n: usize,
+) -> Option<Vec<VolatileSlice<'a>>> {
+    let mut out = Vec::new();
+    while n > 0 {
+        let first = *slices.first()?;
+        if first.len() <= n {
+            n -= first.len();
+            out.push(slices.remove(0));
+        } else {
+            out.push(first.subslice(0, n).ok()?);
+            slices[0] = first.offset(n).ok()?;
+            n = 0;
+        }
+    }
+    Some(out)
+}
+
+/// Splits the last `n` bytes off `slices`.
+fn take_back<'a>(slices: &mut Vec<VolatileSlice<'a>>, n: usize) -> Option<Vec<VolatileSlice<'a>>> {
+    let total: usize = slices.iter().map(|s| s.len()).sum();
+    let keep = total.checked_sub(n)?;
+    let mut front = take_front(slices, keep)?;
+    std::mem::swap(&mut front, slices);
+    Some(front)
+}
+
+fn read_bytes(slices: &[VolatileSlice], out: &mut [u8]) -> Option<()> {
+    let mut done = 0;
+    for s in slices {
+        let n = s.len().min(out.len() - done);
+        s.subslice(0, n).ok()?.copy_to(&mut out[done..done + n]);
+        done += n;
+    }
+    (done == out.len()).then_some(())
+}
+
+fn write_bytes(slices: &[VolatileSlice], data: &[u8]) -> usize {
+    let mut done = 0;
+    for s in slices {
+        if done == data.len() {
+            break;
+        }
+        let n = s.len().min(data.len() - done);
+        if let Ok(part) = s.subslice(0, n) {
+            part.copy_from(&data[done..done + n]);
+            done += n;
+        }
+    }
+    done
+}
+
+fn len_of(slices: &[VolatileSlice]) -> u64 {
+    slices.iter().map(|s| s.len() as u64).sum()
+}
+
+impl RequestQueue {
+    /// Maps a chain's descriptors to guest memory; `None` when a buffer lies
+    /// outside guest RAM or a readable buffer follows a writable one.
+    fn map<'a>(
+        mem: &'a GuestMemory,
+        chain: DescriptorChain<&'a GuestMemory>,
+    ) -> Option<Request<'a>> {
+        let mut req = Request {
+            readable: Vec::new(),
+            writable: Vec::new(),
+        };
+        for desc in chain {
+            if desc.len() == 0 {
+                continue;
+            }
+            let slice = mem.get_slice(desc.addr(), desc.len() as usize).ok()?;
+            if desc.is_write_only() {
+                req.writable.push(slice);
+            } else if req.writable.is_empty() {
+                req.readable.push(slice);
+            } else {
+                return None;
+            }
+        }
+        Some(req)
+    }
+
+    /// Executes one request; returns its status and the bytes it wrote into data buffers.
+    fn execute(&self, req: &mut Request) -> (u8, u32) {
+        let mut header = [0u8; HEADER_BYTES];
+        let Some(hdr) = take_front(&mut req.readable, HEADER_BYTES) else {
+            return (S_IOERR, 0);
+        };
+        if read_bytes(&hdr, &mut header).is_none() {
+            return (S_IOERR, 0);
+        }
+        let kind = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+        let sector = u64::from_le_bytes(header[8..16].try_into().unwrap_or([0; 8]));
+        let size = self.disk.size();
+        let range_ok = |len: u64| {
+            len % SECTOR_SIZE == 0
+                && sector
+                    .checked_mul(SECTOR_SIZE)
+                    .and_then(|o| o.checked_add(len))
+                    .is_some_and(|end| end <= size)
+        };
+        match kind {
+            T_IN => {
+                let len = len_of(&req.writable);
+                // Data for the guest must be device-writable, and only that.
+                if !req.readable.is_empty() || !range_ok(len) {
+                    return (S_IOERR, 0);
+                }
+                let mut offset = sector * SECTOR_SIZE;
+                for s in &req.writable {
+                    if block::read_exact_at(self.disk.as_ref(), s, offset).is_err() {
+                        return (S_IOERR, 0);
+                    }
+                    offset += s.len() as u64;
+                }
+                (S_OK, len as u32)
+            }
+            T_OUT => {
+                let len = len_of(&req.readable);
+                if self.read_only || !req.writable.is_empty() || !range_ok(len) {
+                    return (S_IOERR, 0);
+                }
+                let mut offset = sector * SECTOR_SIZE;
+                for s in &req.readable {
+                    if block::write_all_at(self.disk.as_ref(), s, offset).is_err() {
+                        return (S_IOERR, 0);
+                    }
+                    offset += s.len() as u64;
+                }
+                (S_OK, 0)
+            }
+            T_FLUSH => (
+                if self.disk.flush().is_ok() {
+                    S_OK
+                } else {
+                    S_IOERR
+                },
+                0,
+            ),
+            T_GET_ID => {
+                let mut id = [0u8; ID_BYTES];
+                let bytes = self.serial.as_bytes();
+                let n = bytes.len().min(ID_BYTES);
+                id[..n].copy_from_slice(&bytes[..n]);
+                let written = write_bytes(&req.writable, &id);
+                (S_OK, written as u32)
+            }
+            T_DISCARD | T_WRITE_ZEROES if self.discard => self.discard_or_zero(kind, req),
+            T_DISCARD | T_WRITE_ZEROES if self.read_only => (S_IOERR, 0),
+            _ => (S_UNSUPP, 0),
+        }
+    }
+
+    fn discard_or_zero(&self, kind: u32, req: &mut Request) -> (u8, u32) {
+        let payload = len_of(&req.readable);
+        if payload == 0
+            || payload % SEGMENT_BYTES as u64 != 0
+            || payload / SEGMENT_BYTES as u64 > u64::from(MAX_DISCARD_SEGMENTS)
+        {
+            return (S_IOERR, 0);
+        }
+        let mut seg = [0u8; SEGMENT_BYTES];
+        if read_bytes(&req.readable, &mut seg).is_none() {
+            return (S_IOERR, 0);
+        }
+        let sector = u64::from_le_bytes(seg[0..8].try_into().unwrap_or([0; 8]));
+        let count = u64::from(u32::from_le_bytes(seg[8..12].try_into().unwrap_or([0; 4])));
+        let flags = u32::from_le_bytes(seg[12..16].try_into().unwrap_or([0; 4]));
+        let allowed_flags = if kind == T_WRITE_ZEROES {
+            WRITE_ZEROES_UNMAP
+        } else {
+            0
+        };
+        if flags & !allowed_flags != 0 {
+            return (S_UNSUPP, 0);
+        }
+        let (Some(offset), Some(len)) = (
+            sector.checked_mul(SECTOR_SIZE),
+            count.checked_mul(SECTOR_SIZE),
+        ) else {
+            return (S_IOERR, 0);
+        };
+        if offset
+            .checked_add(len)
+            .is_none_or(|end| end > self.disk.size())
+        {
+            return (S_IOERR, 0);
+        }
+        let result = if kind == T_DISCARD {
+            self.disk.discard(offset, len)
+        } else {
+            self.disk
+                .write_zeroes(offset, len, flags & WRITE_ZEROES_UNMAP != 0)
+        };
+        (if result.is_ok() { S_OK } else { S_IOERR }, 0)
+    }
+
+    /// Serves every available request; returns how many were completed.
+    fn serve(&mut self) -> Result<usize, virtio_queue::Error> {
+        let mut done = 0;
+        loop {
+            self.queue.disable_notification(&self.mem)?;
+            let chains: Vec<_> = self.queue.iter(&self.mem)?.collect();
+            for chain in chains {
+                let head = chain.head_index();
+                let used = match Self::map(&self.mem, chain) {
+                    Some(mut req) => match take_back(&mut req.writable, 1) {
+                        Some(status) => {
+                            let (s, written) = self.execute(&mut req);
+                            write_bytes(&status, &[s]);
+                            written + 1
+                        }
+                        // No room for a status byte: nothing can be reported.
+                        None => 0,
+                    },
+                    None => 0,
+                };
+                self.queue.add_used(&self.mem, head, used)?;
+                done += 1;
+            }
+            if !self.queue.enable_notification(&self.mem)? {
+                return Ok(done);
+            }
+        }
+    }
+}
+
+impl QueueHandler for RequestQueue {
+    fn process(&mut self, _index: usize) {
+        if self.broken {
+            return;
+        }
+        match self.serve() {
+            Ok(0) => {}
+            Ok(_) => {
+                if self.queue.needs_notification(&self.mem).unwrap_or(true) {
+                    self.interrupt.notify_queue(self.index);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "virtio-blk: the guest broke request queue {} ({e}); device needs reset",
+                    self.index
+                );
+                self.broken = true;
+                self.interrupt.needs_reset();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::{Address, Bytes, GuestAddress};
+
+    const WRITE: u16 = virtio_bindings::virtio_ring::VRING_DESC_F_WRITE as u16;
+    const NEXT: u16 = virtio_bindings::virtio_ring::VRING_DESC_F_NEXT as u16;
+    const HDR: u64 = 0x10_0000;
+    const DATA: u64 = 0x20_0000;
+    const STATUS: u64 = 0x30_0000;
+
+    #[derive(Default)]
+    struct Counter {
+        queue: AtomicUsize,
+        reset: AtomicUsize,
+    }
+
+    impl Interrupt for Counter {
+        fn notify_queue(&self, _q: u16) {
+            self.queue.fetch_add(1, Ordering::SeqCst);
+        }
+        fn notify_config(&self) {}
+        fn needs_reset(&self) {
+            self.reset.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    struct Disk {
+        path: std::path::PathBuf,
+    }
+
+    impl Drop for Disk {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+
+    fn disk(read_only: bool) -> (Disk, Arc<dyn DiskFile>) {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let n = N.fetch_add(1, Ordering::SeqCst);
+        let path = std::env::temp_dir().join(format!("ferrovisor-blk-{}-{n}", std::process::id()));
+        let content: Vec<u8> = (0..1u32 << 20).map(|i| (i / 512) as u8).collect();
+        std::fs::write(&path, content).unwrap();
+        let raw = block::RawFile::open(
+            &path,
+            block::OpenOptions {
+                read_only,
+                direct: false,
+            },
+        )
+        .unwrap();
+        (Disk { path }, Arc::new(raw))
+    }
+
+    fn memory() -> GuestMemory {
+        GuestMemory::from_ranges(&[(GuestAddress(0), 0x100_0000)]).unwrap()
+    }
+
+    fn desc(addr: u64, len: u32, flags: u16, next: u16) -> RawDescriptor {
+        RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next))
+    }
+
+    fn header(mem: &GuestMemory, kind: u32, sector: u64) {
+        mem.write_obj(kind, GuestAddress(HDR)).unwrap();
+        mem.write_obj(0u32, GuestAddress(HDR + 4)).unwrap();
+        mem.write_obj(sector, GuestAddress(HDR + 8)).unwrap();
+    }
+
+    /// Runs one chain; returns (status byte, used length, resets).
+    fn run(
+        mem: &GuestMemory,
+        d: Arc<dyn DiskFile>,
+        read_only: bool,
+        descs: &[RawDescriptor],
+    ) -> (u8, u32, usize) {
+        mem.write_obj(0xffu8, GuestAddress(STATUS)).unwrap();
+        let mock = MockSplitQueue::new(mem, 16);
+        mock.add_desc_chains(descs, 0).unwrap();
+        let counter = Arc::new(Counter::default());
+        let mut rq = RequestQueue {
+            index: 0,
+            mem: mem.clone(),
+            queue: mock.create_queue().unwrap(),
+            interrupt: counter.clone(),
+            disk: d,
+            read_only,
+            discard: !read_only,
+            serial: "disk-serial-0123456789".into(),
+            broken: false,
+        };
+        rq.process(0);
+        let status: u8 = mem.read_obj(GuestAddress(STATUS)).unwrap();
+        let used: u32 = mem.read_obj(mock.used_addr().unchecked_add(8)).unwrap();
+        (status, used, counter.reset.load(Ordering::SeqCst))
+    }
+
+    fn three(
+        kind: u32,
+        sector: u64,
+        data_len: u32,
+        data_flags: u16,
+        mem: &GuestMemory,
+    ) -> Vec<RawDescriptor> {
+        header(mem, kind, sector);
+        vec![
+            desc(HDR, 16, NEXT, 1),
+            desc(DATA, data_len, data_flags | NEXT, 2),
+            desc(STATUS, 1, WRITE, 0),
+        ]
+    }
+
+    #[test]
+    fn reads_and_writes_sectors() {
+        let mem = memory();
+        let (_f, d) = disk(false);
+        let (s, used, _) = run(&mem, d.clone(), false, &three(T_IN, 3, 1024, WRITE, &mem));
+        assert_eq!((s, used), (S_OK, 1025));
+        let mut buf = [0u8; 1024];
+        mem.read_slice(&mut buf, GuestAddress(DATA)).unwrap();
+        assert!(buf[..512].iter().all(|b| *b == 3) && buf[512..].iter().all(|b| *b == 4));
+
+        mem.write_slice(&[0xab; 512], GuestAddress(DATA)).unwrap();
+        let (s, used, _) = run(&mem, d.clone(), false, &three(T_OUT, 10, 512, 0, &mem));
+        assert_eq!((s, used), (S_OK, 1));
+        let (s, _, _) = run(&mem, d.clone(), false, &three(T_FLUSH, 0, 0, 0, &mem)[..]);
+        assert_eq!(s, S_OK);
+        let (s, _, _) = run(&mem, d, false, &three(T_IN, 10, 512, WRITE, &mem));
+        assert_eq!(s, S_OK);
+        let mut back = [0u8; 512];
+        mem.read_slice(&mut back, GuestAddress(DATA)).unwrap();
+        assert_eq!(back, [0xab; 512]);
+    }
+
+    #[test]
+    fn bad_requests_get_ioerr_or_unsupp() {
+        let mem = memory();
+        let (_f, d) = disk(false);
+        let sectors = d.size() / 512;
+        for (kind, sector, len, flags, expect) in [
+            (T_IN, sectors, 512, WRITE, S_IOERR),      // past the end
+            (T_IN, sectors - 1, 1024, WRITE, S_IOERR), // straddles the end
+            (T_IN, 0, 100, WRITE, S_IOERR),            // not a sector multiple
+            (T_OUT, u64::MAX / 256, 512, 0, S_IOERR),  // offset overflows
+            (T_IN, 0, 512, 0, S_IOERR),                // data buffer not writable
+            (99, 0, 512, 0, S_UNSUPP),                 // unknown type
+        ] {
+            let (s, _, resets) = run(
+                &mem,
+                d.clone(),
+                false,
+                &three(kind, sector, len, flags, &mem),
+            );
+            assert_eq!(
+                (s, resets),
+                (expect, 0),
+                "type {kind} sector {sector} len {len}"
+            );
+        }
+    }
+
+    #[test]
+    fn read_only_disk_refuses_writes() {
+        let mem = memory();
+        let (_f, d) = disk(true);
+        let (s, _, _) = run(&mem, d.clone(), true, &three(T_OUT, 0, 512, 0, &mem));
+        assert_eq!(s, S_IOERR);
+        let (s, _, _) = run(&mem, d, true, &three(T_DISCARD, 0, 16, 0, &mem));
+        assert_eq!(s, S_IOERR);
+    }
+
+    #[test]
+    fn get_id_discard_and_write_zeroes() {
+        let mem = memory();
+        let (f, d) = disk(false);
+        let (s, used, _) = run(&mem, d.clone(), false, &three(T_GET_ID, 0, 20, WRITE, &mem));
+        assert_eq!((s, used), (S_OK, 21));
+        let mut id = [0u8; 20];
+        mem.read_slice(&mut id, GuestAddress(DATA)).unwrap();
+        assert_eq!(&id, b"disk-serial-01234567");
+        for (kind, flags) in [(T_DISCARD, 0u32), (T_WRITE_ZEROES, WRITE_ZEROES_UNMAP)] {
+            mem.write_obj(8u64, GuestAddress(DATA)).unwrap();
+            mem.write_obj(8u32, GuestAddress(DATA + 8)).unwrap();
+            mem.write_obj(flags, GuestAddress(DATA + 12)).unwrap();
+            let (s, _, _) = run(&mem, d.clone(), false, &three(kind, 0, 16, 0, &mem));
+            assert_eq!(s, S_OK);
+        }
+        let content = std::fs::read(&f.path).unwrap();
+        assert!(
+            content[8 * 512..16 * 512].iter().all(|b| *b == 0),
+            "discarded sectors read as zeros"
+        );
+        // Reserved flag bits, too many segments, ranges past the end.
+        mem.write_obj(2u32, GuestAddress(DATA + 12)).unwrap();
+        assert_eq!(
+            run(&mem, d.clone(), false, &three(T_DISCARD, 0, 16, 0, &mem)).0,
+            S_UNSUPP
+        );
+        assert_eq!(
+            run(&mem, d.clone(), false, &three(T_DISCARD, 0, 32, 0, &mem)).0,
+            S_IOERR
+        );
+        mem.write_obj(u64::MAX, GuestAddress(DATA)).unwrap();
+        mem.write_obj(0u32, GuestAddress(DATA + 12)).unwrap();
+        assert_eq!(
+            run(&mem, d, false, &three(T_DISCARD, 0, 16, 0, &mem)).0,
+            S_IOERR
+        );
+    }
+
+    #[test]
+    fn malformed_chains() {
+        let mem = memory();
+        let (_f, d) = disk(false);
+        header(&mem, T_IN, 0);
+        // No writable status byte at all: completes with nothing written.
+        let (s, used, _) = run(&mem, d.clone(), false, &[desc(HDR, 16, 0, 0)]);
+        assert_eq!((s, used), (0xff, 0));
+        // A header shorter than 16 bytes.
+        let (s, _, _) = run(
+            &mem,
+            d.clone(),
+            false,
+            &[desc(HDR, 8, NEXT, 1), desc(STATUS, 1, WRITE, 0)],
+        );
+        assert_eq!(s, S_IOERR);
+        // A buffer outside guest memory.
+        let (_, used, _) = run(
+            &mem,
+            d.clone(),
+            false,
+            &[
+                desc(HDR, 16, NEXT, 1),
+                desc(0x4000_0000, 512, WRITE | NEXT, 2),
+                desc(STATUS, 1, WRITE, 0),
+            ],
+        );
+        assert_eq!(used, 0);
+        // A readable buffer after a writable one.
+        let (_, used, _) = run(
+            &mem,
+            d.clone(),
+            false,
+            &[
+                desc(HDR, 16, NEXT, 1),
+                desc(DATA, 512, WRITE | NEXT, 2),
+                desc(DATA, 512, NEXT, 3),
+                desc(STATUS, 1, WRITE, 0),
+            ],
+        );
+        assert_eq!(used, 0);
+        // A header split over two descriptors is fine.
+        let (s, _, _) = run(
+            &mem,
+            d,
+            false,
+            &[
+                desc(HDR, 8, NEXT, 1),
+                desc(HDR + 8, 8, NEXT, 2),
+                desc(DATA, 512, WRITE | NEXT, 3),
+                desc(STATUS, 1, WRITE, 0),
+            ],
+        );
+        assert_eq!(s, S_OK);
+    }
+
+    #[test]
+    fn config_space_reports_geometry() {
+        let (_f, d) = disk(false);
+        let b = Block::new(BlockConfig {
+            disk: d,
+            read_only: false,
+            serial: String::new(),
+            num_queues: 2,
+            queue_size: 128,
+            logical_block_size: Some(512),
+            physical_block_size: Some(4096),
+            discard: true,
+        });
+        let mut cap = [0u8; 8];
+        b.read_config(0, &mut cap);
+        assert_eq!(u64::from_le_bytes(cap), 2048);
+        let mut t = [0u8; 8];
+        b.read_config(20, &mut t);
+        assert_eq!(u32::from_le_bytes(t[..4].try_into().unwrap()), 512);
+        assert_eq!(t[4], 3, "physical block exponent: 4096 = 512 << 3");
+        let mut nq = [0u8; 2];
+        b.read_config(34, &mut nq);
+        assert_eq!(u16::from_le_bytes(nq), 2);
+        assert_ne!(b.features() & feature::MQ, 0);
+        assert_ne!(b.features() & feature::DISCARD, 0);
+        let mut past = [0xaau8; 8];
+        b.read_config(58, &mut past);
+        assert_eq!(&past[2..], &[0; 6]);
+        b.read_config(u64::MAX, &mut past);
+    }
+}
