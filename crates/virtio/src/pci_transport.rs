@@ -76,19 +76,27 @@ struct PciInterrupt {
     status: Arc<AtomicU8>,
     queue_vectors: Vec<u16>,
     config_vector: u16,
+    intx: Option<Arc<EventFd>>,
 }
 
 impl PciInterrupt {
+    /// MSI-X when the driver enabled it (NO_VECTOR then means "no
+    /// interrupt"), else the INTx line with the ISR bit.
     fn send(&self, vector: u16, isr_bit: u8) {
-        self.isr.fetch_or(isr_bit, Ordering::SeqCst);
+        let mut msix = self.msix.lock().unwrap_or_else(|p| p.into_inner());
+        if !msix.enabled() {
+            drop(msix);
+            self.isr.fetch_or(isr_bit, Ordering::SeqCst);
+            if let Some(line) = &self.intx {
+                let _ = line.write(1);
+            }
+            return;
+        }
         if vector == NO_VECTOR {
             return;
         }
-        let delivery = self
-            .msix
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .deliver(vector);
+        let delivery = msix.deliver(vector);
+        drop(msix);
         if let Delivery::Send(msg) = delivery {
             self.sender.send(msg);
         }
@@ -126,6 +134,7 @@ pub struct VirtioPci<D: VirtioDevice> {
     ioevents: Arc<dyn IoEventRegistrar>,
     notify_events: Vec<EventFd>,
     bar_addr: Option<u64>,
+    intx: Option<Arc<EventFd>>,
     isr: Arc<AtomicU8>,
     status: Arc<AtomicU8>,
     device_feature_select: u32,
@@ -202,6 +211,7 @@ impl<D: VirtioDevice> VirtioPci<D> {
             ioevents,
             notify_events,
             bar_addr: None,
+            intx: None,
             isr: Arc::new(AtomicU8::new(0)),
             status: Arc::new(AtomicU8::new(0)),
             device_feature_select: 0,
@@ -212,6 +222,13 @@ impl<D: VirtioDevice> VirtioPci<D> {
             queues,
             active: false,
         })
+    }
+
+    /// Wires INTA# to `line` (an irqfd of interrupt `irq`) for drivers that
+    /// do not enable MSI-X; `irq` is reported in the interrupt line register.
+    pub fn set_intx(&mut self, line: EventFd, irq: u8) {
+        self.config.write(pci::config::reg::INTERRUPT_LINE, &[irq]);
+        self.intx = Some(Arc::new(line));
     }
 
     fn selected(&mut self) -> Option<&mut QueueRegs> {
@@ -292,6 +309,7 @@ impl<D: VirtioDevice> VirtioPci<D> {
             status: self.status.clone(),
             queue_vectors: self.queues.iter().map(|q| q.msix_vector).collect(),
             config_vector: self.msix_config,
+            intx: self.intx.clone(),
         });
         let set = QueueSet {
             mem: self.mem.clone(),

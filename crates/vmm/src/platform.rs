@@ -42,7 +42,22 @@ fn insert(bus: &Bus, device: SharedDevice, base: u64, len: u64) -> Result<(), Er
 }
 
 /// Builds a PCI device once its BAR address is known.
-type MakeDevice = Box<dyn FnOnce(u64) -> std::io::Result<SharedPciDevice>>;
+type MakeDevice = Box<dyn FnOnce(u64, (EventFd, u8)) -> std::io::Result<SharedPciDevice>>;
+
+/// A [`MakeDevice`] for virtio device `device` behind the PCI transport.
+fn virtio_device<D: virtio::VirtioDevice + 'static>(
+    device: D,
+    mem: &GuestMemory,
+    sender: &Arc<dyn MsiSender>,
+    ioevents: &Arc<dyn IoEventRegistrar>,
+) -> MakeDevice {
+    let (mem, sender, ioevents) = (mem.clone(), sender.clone(), ioevents.clone());
+    Box::new(move |bar, (line, irq)| {
+        let mut pci = virtio::VirtioPci::new(device, mem, bar, sender, ioevents)?;
+        pci.set_intx(line, irq);
+        Ok(Arc::new(Mutex::new(pci)) as SharedPciDevice)
+    })
+}
 
 /// Delivers MSIs with KVM_SIGNAL_MSI.
 struct KvmMsi(Arc<Vm>);
@@ -163,35 +178,15 @@ impl Buses {
                 physical_block_size: disk.physical_block_size,
                 discard: disk.discard,
             };
-            let (mem, sender, ioevents) = (mem.clone(), sender.clone(), ioevents.clone());
             devices.push((
                 disk.addr,
-                Box::new(move |bar| {
-                    let d = virtio::VirtioPci::new(
-                        Block::new(block_config),
-                        mem,
-                        bar,
-                        sender,
-                        ioevents,
-                    )?;
-                    Ok(Arc::new(Mutex::new(d)) as SharedPciDevice)
-                }),
+                virtio_device(Block::new(block_config), mem, &sender, &ioevents),
             ));
         }
         if config.rng {
-            let (mem, sender, ioevents) = (mem.clone(), sender.clone(), ioevents.clone());
             devices.push((
                 None,
-                Box::new(move |bar| {
-                    let d = virtio::VirtioPci::new(
-                        virtio::rng::Rng::new(),
-                        mem,
-                        bar,
-                        sender,
-                        ioevents,
-                    )?;
-                    Ok(Arc::new(Mutex::new(d)) as SharedPciDevice)
-                }),
+                virtio_device(virtio::rng::Rng::new(), mem, &sender, &ioevents),
             ));
         }
         let mut root = self.pci.lock().unwrap_or_else(|p| p.into_inner());
@@ -227,7 +222,13 @@ impl Buses {
             let bar = mmio32
                 .allocate(virtio::pci_transport::layout::BAR_SIZE)
                 .ok_or_else(|| Error::Internal("PCI MMIO window full".into()))?;
-            let device = make(bar).map_err(Error::io("creating a virtio device"))?;
+            // INTA# of the slot, routed as the DSDT's _PRT says.
+            let gsi = arch::acpi::pci_intx_gsi(slot, 0);
+            let line = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)
+                .map_err(Error::io("creating an INTx eventfd"))?;
+            vm.register_irqfd(&line, gsi)?;
+            let device =
+                make(bar, (line, gsi as u8)).map_err(Error::io("creating a virtio device"))?;
             root.add(slot, device)
                 .map_err(|e| Error::Internal(e.to_string()))?;
             // Decoding starts on: the VMM is the firmware here.
