@@ -194,6 +194,35 @@ impl VirtioDevice for Block {
     }
 }
 
+/// Serves every request available on `queue` once, on the calling thread,
+/// as a worker would (for tests and fuzzing): returns the requests completed,
+/// or the queue error that would put the device in NEEDS_RESET.
+pub fn serve_queue_once(
+    mem: &GuestMemory,
+    queue: Queue,
+    disk: Arc<dyn DiskFile>,
+    read_only: bool,
+) -> Result<usize, virtio_queue::Error> {
+    struct NoInterrupt;
+    impl Interrupt for NoInterrupt {
+        fn notify_queue(&self, _: u16) {}
+        fn notify_config(&self) {}
+        fn needs_reset(&self) {}
+    }
+    let mut rq = RequestQueue {
+        index: 0,
+        mem: mem.clone(),
+        queue,
+        interrupt: Arc::new(NoInterrupt),
+        disk,
+        read_only,
+        discard: !read_only,
+        serial: "fuzz".into(),
+        broken: false,
+    };
+    rq.serve()
+}
+
 /// One request queue and what serving it needs.
 struct RequestQueue {
     index: u16,
