@@ -10,7 +10,7 @@ mod vm;
 
 pub use kvm::{Hypervisor, KvmKind};
 pub use vcpu::{Kicker, RegisterDump, SystemEvent, Vcpu, VcpuExit};
-pub use vm::Vm;
+pub use vm::{GsiRoute, Vm};
 
 /// Re-exported so that callers can build KVM structures without their own dependency.
 pub use kvm_bindings;

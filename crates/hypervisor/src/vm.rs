@@ -1,11 +1,88 @@
 //! A KVM VM: guest memory slots, the in-kernel irqchip and PIT, irqfds, vCPUs.
 
-use kvm_bindings::{kvm_msi, kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use kvm_bindings::{
+    kvm_irq_routing_entry, kvm_msi, kvm_pit_config, kvm_userspace_memory_region, KvmIrqRouting,
+    KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_IRQ_ROUTING_IRQCHIP,
+    KVM_IRQ_ROUTING_MSI, KVM_PIT_SPEAKER_DUMMY,
+};
 use kvm_ioctls::VmFd;
 use kvm_ioctls::{IoEventAddress, NoDatamatch};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::{Error, Result, Vcpu};
+
+/// Where a GSI delivers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GsiRoute {
+    /// A pin of the in-kernel PIC master, PIC slave or IOAPIC.
+    Irqchip {
+        /// The GSI.
+        gsi: u32,
+        /// `KVM_IRQCHIP_PIC_MASTER`, `KVM_IRQCHIP_PIC_SLAVE` or `KVM_IRQCHIP_IOAPIC`.
+        chip: u32,
+        /// The pin.
+        pin: u32,
+    },
+    /// An MSI message.
+    Msi {
+        /// The GSI.
+        gsi: u32,
+        /// Message address.
+        address: u64,
+        /// Message data.
+        data: u32,
+    },
+}
+
+impl GsiRoute {
+    /// KVM's default routing for the legacy GSIs 0–23: ISA IRQs to the PICs
+    /// and the IOAPIC, 16–23 to the IOAPIC only. A routing table set by the
+    /// VMM replaces KVM's, so it must start with these.
+    pub fn legacy_defaults() -> Vec<GsiRoute> {
+        let mut routes = Vec::new();
+        for gsi in 0..24u32 {
+            if gsi < 8 {
+                routes.push(GsiRoute::Irqchip {
+                    gsi,
+                    chip: KVM_IRQCHIP_PIC_MASTER,
+                    pin: gsi,
+                });
+            } else if gsi < 16 {
+                routes.push(GsiRoute::Irqchip {
+                    gsi,
+                    chip: KVM_IRQCHIP_PIC_SLAVE,
+                    pin: gsi - 8,
+                });
+            }
+            routes.push(GsiRoute::Irqchip {
+                gsi,
+                chip: KVM_IRQCHIP_IOAPIC,
+                pin: gsi,
+            });
+        }
+        routes
+    }
+
+    fn entry(&self) -> kvm_irq_routing_entry {
+        let mut e = kvm_irq_routing_entry::default();
+        match *self {
+            GsiRoute::Irqchip { gsi, chip, pin } => {
+                e.gsi = gsi;
+                e.type_ = KVM_IRQ_ROUTING_IRQCHIP;
+                e.u.irqchip.irqchip = chip;
+                e.u.irqchip.pin = pin;
+            }
+            GsiRoute::Msi { gsi, address, data } => {
+                e.gsi = gsi;
+                e.type_ = KVM_IRQ_ROUTING_MSI;
+                e.u.msi.address_lo = address as u32;
+                e.u.msi.address_hi = (address >> 32) as u32;
+                e.u.msi.data = data;
+            }
+        }
+        e
+    }
+}
 
 /// A KVM VM file descriptor and the operations Ferrovisor uses on it.
 pub struct Vm {
@@ -87,6 +164,18 @@ impl Vm {
         self.fd
             .unregister_ioevent(event, &IoEventAddress::Mmio(addr), NoDatamatch)
             .map_err(Error::wrap("KVM_IOEVENTFD (deassign)"))
+    }
+
+    /// Replaces the GSI routing table with `routes`.
+    pub fn set_gsi_routes(&self, routes: &[GsiRoute]) -> Result<()> {
+        let entries: Vec<kvm_irq_routing_entry> = routes.iter().map(GsiRoute::entry).collect();
+        let table = KvmIrqRouting::from_entries(&entries).map_err(|_| Error {
+            op: "KVM_SET_GSI_ROUTING",
+            source: vmm_sys_util::errno::Error::new(libc::E2BIG),
+        })?;
+        self.fd
+            .set_gsi_routing(&table)
+            .map_err(Error::wrap("KVM_SET_GSI_ROUTING"))
     }
 
     /// Injects the MSI `data` written to `address`.

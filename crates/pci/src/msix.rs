@@ -20,10 +20,11 @@ pub struct MsiMessage {
     pub data: u32,
 }
 
-/// Sends MSI messages to the guest (KVM_SIGNAL_MSI in the VMM, a recorder in tests).
+/// Sends a device's MSI messages to the guest (KVM MSI routes and irqfds in
+/// the VMM, a recorder in tests). One sender serves one device.
 pub trait MsiSender: Send + Sync {
-    /// Delivers `message`.
-    fn send(&self, message: MsiMessage);
+    /// Delivers `message`, the current content of table entry `vector`.
+    fn send(&self, vector: u16, message: MsiMessage);
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

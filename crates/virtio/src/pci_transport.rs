@@ -98,7 +98,7 @@ impl PciInterrupt {
         let delivery = msix.deliver(vector);
         drop(msix);
         if let Delivery::Send(msg) = delivery {
-            self.sender.send(msg);
+            self.sender.send(vector, msg);
         }
     }
 }
@@ -433,8 +433,8 @@ impl<D: VirtioDevice> VirtioPci<D> {
     }
 
     fn send_all(&self, messages: Vec<(u16, MsiMessage)>) {
-        for (_, msg) in messages {
-            self.sender.send(msg);
+        for (vector, msg) in messages {
+            self.sender.send(vector, msg);
         }
     }
 }

@@ -5,6 +5,7 @@
 pub mod config;
 mod console;
 mod memory;
+mod msi;
 mod platform;
 mod vcpu;
 mod vm;

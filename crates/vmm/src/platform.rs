@@ -11,7 +11,7 @@ use devices::{cmos::Cmos, debug_exit::DebugExit, i8042::I8042, pm, serial, Guest
 use hypervisor::Vm;
 use pci::access::{CONFIG_IO_LEN, CONFIG_IO_PORT};
 use pci::root::SharedPciDevice;
-use pci::{AddressAllocator, MsiMessage, MsiSender, PciConfigIo, PciConfigMmio, PciRoot};
+use pci::{AddressAllocator, MsiSender, PciConfigIo, PciConfigMmio, PciRoot};
 use virtio::block::{Block, BlockConfig};
 use virtio::IoEventRegistrar;
 use vm_device::{Bus, BusDevice, SharedDevice};
@@ -19,6 +19,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::config::VmConfig;
 use crate::console::Console;
+use crate::msi::MsiRouter;
 use crate::ConfigError;
 use crate::Error;
 
@@ -57,21 +58,6 @@ fn virtio_device<D: virtio::VirtioDevice + 'static>(
         pci.set_intx(line, irq);
         Ok(Arc::new(Mutex::new(pci)) as SharedPciDevice)
     })
-}
-
-/// Delivers MSIs with KVM_SIGNAL_MSI.
-struct KvmMsi(Arc<Vm>);
-
-impl MsiSender for KvmMsi {
-    fn send(&self, message: MsiMessage) {
-        if let Err(e) = self.0.signal_msi(message.address, message.data) {
-            tracing::debug!(
-                "MSI {:#x}/{:#x} not delivered: {e}",
-                message.address,
-                message.data
-            );
-        }
-    }
 }
 
 /// Registers MMIO ioeventfds with KVM.
@@ -164,7 +150,7 @@ impl Buses {
     ) -> Result<(), Error> {
         // Small BARs (64-bit capable) go below 4 GiB, as firmware places them.
         let mut mmio32 = AddressAllocator::new(PCI_MMIO32_START, PCI_MMIO32_SIZE);
-        let sender: Arc<dyn MsiSender> = Arc::new(KvmMsi(vm.clone()));
+        let router = Arc::new(MsiRouter::new(vm.clone()));
         let ioevents: Arc<dyn IoEventRegistrar> = Arc::new(KvmIoEvents(vm.clone()));
         let mut devices: Vec<(Option<u8>, MakeDevice)> = Vec::new();
         for (disk, file) in config.disks.iter().zip(disks) {
@@ -180,13 +166,13 @@ impl Buses {
             };
             devices.push((
                 disk.addr,
-                virtio_device(Block::new(block_config), mem, &sender, &ioevents),
+                virtio_device(Block::new(block_config), mem, &router.sender(), &ioevents),
             ));
         }
         if config.rng {
             devices.push((
                 None,
-                virtio_device(virtio::rng::Rng::new(), mem, &sender, &ioevents),
+                virtio_device(virtio::rng::Rng::new(), mem, &router.sender(), &ioevents),
             ));
         }
         let mut root = self.pci.lock().unwrap_or_else(|p| p.into_inner());
