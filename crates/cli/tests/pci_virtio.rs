@@ -126,3 +126,44 @@ fn no_rng_device_fails_the_rng_program() {
     let out = probe_run("probe=rng", &[]);
     assert_eq!(out.code(), debug_exit(1), "{out:#?}");
 }
+
+/// The guest ABI: a configuration always yields the same PCI layout, and
+/// `addr=` pins a slot. This is the layout pinned for every release.
+#[test]
+fn pci_layout_is_stable_and_addr_pins_slots() {
+    if !require_kvm() {
+        return;
+    }
+    let dir = TempDir::new("pci-layout");
+    let a = dir.join("a.img");
+    let b = dir.join("b.img");
+    for p in [&a, &b] {
+        std::fs::File::create(p).unwrap().set_len(8 << 20).unwrap();
+    }
+    let out = probe_run(
+        "probe=pci",
+        &[
+            "--disk",
+            &format!("path={}", a.display()),
+            "--disk",
+            &format!("path={},addr=5", b.display()),
+            "--rng",
+        ],
+    );
+    assert_eq!(out.code(), debug_exit(0), "{out:#?}");
+    let layout: Vec<String> = out
+        .serial
+        .iter()
+        .filter(|l| l.starts_with("probe: pci 00:"))
+        .map(|l| l.split_whitespace().take(5).collect::<Vec<_>>().join(" "))
+        .collect();
+    assert_eq!(
+        layout,
+        [
+            "probe: pci 00:00.0 vendor=0x1b36 device=0x0008",
+            "probe: pci 00:01.0 vendor=0x1af4 device=0x1042",
+            "probe: pci 00:02.0 vendor=0x1af4 device=0x1044",
+            "probe: pci 00:05.0 vendor=0x1af4 device=0x1042",
+        ]
+    );
+}

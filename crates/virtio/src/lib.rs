@@ -3,6 +3,7 @@
 //! of its own, woken by ioeventfds, and interrupts the guest through MSI-X.
 
 pub mod block;
+pub mod console;
 pub mod device;
 pub mod pci_transport;
 pub mod rng;

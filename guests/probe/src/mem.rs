@@ -80,3 +80,43 @@ pub unsafe extern "C" fn bcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
     // SAFETY: same contract as memcmp.
     unsafe { memcmp(a, b, n) }
 }
+
+/// Fills `words` with `value` (`rep stosq`: one emulated instruction).
+pub fn fill_qwords(words: &mut [u64], value: u64) {
+    // SAFETY: writes exactly `words.len()` qwords from its start; DF is
+    // clear (ABI invariant).
+    unsafe {
+        asm!("rep stosq", inout("rcx") words.len() => _, inout("rdi") words.as_mut_ptr() => _,
+             in("rax") value, options(nostack, preserves_flags));
+    }
+}
+
+/// Whether every qword of `words` equals `value` (`repe scasq`: one
+/// emulated instruction).
+pub fn qwords_equal(words: &[u64], value: u64) -> bool {
+    if words.is_empty() {
+        return true;
+    }
+    let equal: u8;
+    // SAFETY: reads exactly `words.len()` qwords from its start; DF is clear.
+    // `repe scasq` stops at the first qword that differs (ZF = 0) or after
+    // the last one; ZF then tells whether the last compared qword matched.
+    unsafe {
+        asm!("repe scasq", "sete {equal}", equal = out(reg_byte) equal,
+             inout("rcx") words.len() => _, inout("rdi") words.as_ptr() => _,
+             in("rax") value, options(nostack, readonly));
+    }
+    equal != 0
+}
+
+/// `bytes` as qwords; its start must be 8-byte aligned and its length a
+/// multiple of 8.
+pub fn as_qwords(bytes: &mut [u8]) -> &mut [u64] {
+    // SAFETY: every bit pattern is a valid u64.
+    let (head, words, tail) = unsafe { bytes.align_to_mut::<u64>() };
+    assert!(
+        head.is_empty() && tail.is_empty(),
+        "buffer not qword aligned"
+    );
+    words
+}

@@ -86,10 +86,21 @@ impl Deadline {
         Deadline(now().saturating_add(us.saturating_mul(khz()) / 1000))
     }
 
+    /// `cycles` TSC cycles from now (see [`cycles_for_us`]): no division
+    /// on hot paths.
+    pub fn after_cycles(cycles: u64) -> Self {
+        Deadline(now().saturating_add(cycles))
+    }
+
     /// Whether the deadline has passed.
     pub fn expired(&self) -> bool {
         now() >= self.0
     }
+}
+
+/// TSC cycles in `us` microseconds.
+pub fn cycles_for_us(us: u64) -> u64 {
+    us.saturating_mul(khz()) / 1000
 }
 
 /// Busy-waits for at least `us` microseconds.

@@ -4,7 +4,10 @@
 //! list it in [`PROGRAMS`].
 
 mod acpi;
+mod blk;
+mod blkbench;
 mod boot;
+mod channel;
 mod echo;
 mod fault;
 mod pci;
@@ -56,6 +59,18 @@ const PROGRAMS: &[Program] = &[
     Program {
         name: "rng",
         run: rng::run,
+    },
+    Program {
+        name: "channel",
+        run: channel::run,
+    },
+    Program {
+        name: "blk",
+        run: blk::run,
+    },
+    Program {
+        name: "blkbench",
+        run: blkbench::run,
     },
 ];
 
