@@ -39,6 +39,11 @@ pub trait DiskFile: Send + Sync {
     fn read_at(&self, buf: &VolatileSlice, offset: u64) -> io::Result<usize>;
     /// Writes `buf` (guest memory) at `offset`; returns bytes written.
     fn write_at(&self, buf: &VolatileSlice, offset: u64) -> io::Result<usize>;
+    /// Reads into the buffers in order from `offset` in one call (preadv);
+    /// returns bytes read (0 at end).
+    fn read_vectored_at(&self, bufs: &[VolatileSlice], offset: u64) -> io::Result<usize>;
+    /// Writes the buffers in order at `offset` in one call (pwritev); returns bytes written.
+    fn write_vectored_at(&self, bufs: &[VolatileSlice], offset: u64) -> io::Result<usize>;
     /// Makes every completed write durable (fdatasync).
     fn flush(&self) -> io::Result<()>;
     /// Deallocates `[offset, offset + len)`; it then reads as zeros.
@@ -77,6 +82,63 @@ pub fn write_all_at(disk: &dyn DiskFile, buf: &VolatileSlice, mut offset: u64) -
             n => {
                 done += n;
                 offset += n as u64;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Drops the first `n` bytes of `bufs`.
+fn advance<'a>(bufs: &mut Vec<VolatileSlice<'a>>, mut n: usize) -> io::Result<()> {
+    while n > 0 {
+        let Some(first) = bufs.first().copied() else {
+            return Ok(());
+        };
+        if first.len() <= n {
+            n -= first.len();
+            bufs.remove(0);
+        } else {
+            bufs[0] = first
+                .offset(n)
+                .map_err(|e| io::Error::other(e.to_string()))?;
+            n = 0;
+        }
+    }
+    Ok(())
+}
+
+/// Fills every buffer from `offset` on, failing at end of file.
+pub fn read_exact_vectored_at(
+    disk: &dyn DiskFile,
+    bufs: &[VolatileSlice],
+    mut offset: u64,
+) -> io::Result<()> {
+    let mut left: Vec<VolatileSlice> = bufs.iter().copied().filter(|b| !b.is_empty()).collect();
+    while !left.is_empty() {
+        match disk.read_vectored_at(&left, offset)? {
+            0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+            n => {
+                offset += n as u64;
+                advance(&mut left, n)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes every buffer at `offset` on.
+pub fn write_all_vectored_at(
+    disk: &dyn DiskFile,
+    bufs: &[VolatileSlice],
+    mut offset: u64,
+) -> io::Result<()> {
+    let mut left: Vec<VolatileSlice> = bufs.iter().copied().filter(|b| !b.is_empty()).collect();
+    while !left.is_empty() {
+        match disk.write_vectored_at(&left, offset)? {
+            0 => return Err(io::ErrorKind::WriteZero.into()),
+            n => {
+                offset += n as u64;
+                advance(&mut left, n)?;
             }
         }
     }

@@ -29,6 +29,9 @@ pub struct RawFile {
     topology: Topology,
 }
 
+/// The most iovecs one preadv/pwritev takes (UIO_MAXIOV).
+const IOV_MAX: usize = 1024;
+
 // Block device ioctls (linux/fs.h).
 const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
 const BLKSSZGET: libc::c_ulong = 0x1268;
@@ -179,6 +182,63 @@ impl DiskFile for RawFile {
                 self.file.as_raw_fd(),
                 guard.as_ptr().cast(),
                 buf.len(),
+                offset as libc::off_t,
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(r as usize)
+    }
+
+    fn read_vectored_at(&self, bufs: &[VolatileSlice], offset: u64) -> io::Result<usize> {
+        let guards: Vec<_> = bufs
+            .iter()
+            .take(IOV_MAX)
+            .map(|b| b.ptr_guard_mut())
+            .collect();
+        let iovs: Vec<libc::iovec> = guards
+            .iter()
+            .zip(bufs)
+            .map(|(g, b)| libc::iovec {
+                iov_base: g.as_ptr().cast(),
+                iov_len: b.len(),
+            })
+            .collect();
+        // SAFETY: each iovec covers a guest memory slice kept mapped by its
+        // guard for the duration of the call.
+        let r = unsafe {
+            libc::preadv(
+                self.file.as_raw_fd(),
+                iovs.as_ptr(),
+                iovs.len() as libc::c_int,
+                offset as libc::off_t,
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(r as usize)
+    }
+
+    fn write_vectored_at(&self, bufs: &[VolatileSlice], offset: u64) -> io::Result<usize> {
+        self.check_writable()?;
+        let guards: Vec<_> = bufs.iter().take(IOV_MAX).map(|b| b.ptr_guard()).collect();
+        let iovs: Vec<libc::iovec> = guards
+            .iter()
+            .zip(bufs)
+            .map(|(g, b)| libc::iovec {
+                iov_base: g.as_ptr() as *mut libc::c_void,
+                iov_len: b.len(),
+            })
+            .collect();
+        // SAFETY: each iovec covers a guest memory slice kept mapped by its
+        // guard for the duration of the call; pwritev only reads them.
+        let r = unsafe {
+            libc::pwritev(
+                self.file.as_raw_fd(),
+                iovs.as_ptr(),
+                iovs.len() as libc::c_int,
                 offset as libc::off_t,
             )
         };

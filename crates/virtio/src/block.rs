@@ -353,12 +353,14 @@ impl RequestQueue {
                 if !req.readable.is_empty() || !range_ok(len) {
                     return (S_IOERR, 0);
                 }
-                let mut offset = sector * SECTOR_SIZE;
-                for s in &req.writable {
-                    if block::read_exact_at(self.disk.as_ref(), s, offset).is_err() {
-                        return (S_IOERR, 0);
-                    }
-                    offset += s.len() as u64;
+                if block::read_exact_vectored_at(
+                    self.disk.as_ref(),
+                    &req.writable,
+                    sector * SECTOR_SIZE,
+                )
+                .is_err()
+                {
+                    return (S_IOERR, 0);
                 }
                 (S_OK, len as u32)
             }
@@ -367,12 +369,14 @@ impl RequestQueue {
                 if self.read_only || !req.writable.is_empty() || !range_ok(len) {
                     return (S_IOERR, 0);
                 }
-                let mut offset = sector * SECTOR_SIZE;
-                for s in &req.readable {
-                    if block::write_all_at(self.disk.as_ref(), s, offset).is_err() {
-                        return (S_IOERR, 0);
-                    }
-                    offset += s.len() as u64;
+                if block::write_all_vectored_at(
+                    self.disk.as_ref(),
+                    &req.readable,
+                    sector * SECTOR_SIZE,
+                )
+                .is_err()
+                {
+                    return (S_IOERR, 0);
                 }
                 (S_OK, 0)
             }

@@ -22,7 +22,7 @@ use crate::GuestMemory;
 /// The most chains of one queue the device holds at a time.
 pub(super) const MAX_HELD_CHAINS: usize = 64;
 /// The most buffers a chain may have (more: the chain completes unused).
-pub(super) const MAX_SEGMENTS: usize = 64;
+pub(super) const MAX_SEGMENTS: usize = 256;
 /// Bytes moved per host read or write.
 const CHUNK: usize = 64 << 10;
 

@@ -277,7 +277,8 @@ impl HostPort {
         };
         let mut buf = [0u8; 4096];
         let mut left_behind = false;
-        while !c.input_eof {
+        let mut more = !c.input_eof;
+        while more {
             let room = RX_BUF_CAP.saturating_sub(self.rx_buf.len()).min(buf.len());
             if room == 0 {
                 left_behind = true;
@@ -285,7 +286,7 @@ impl HostPort {
             }
             match recv(c.stream.as_fd(), &mut buf[..room]) {
                 Ok(n) if n > 0 => self.rx_buf.extend(&buf[..n]),
-                _ => break,
+                _ => more = false,
             }
         }
         if left_behind && self.warn.allow() {

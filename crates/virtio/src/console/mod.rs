@@ -25,6 +25,8 @@ mod host;
 mod tests;
 #[cfg(test)]
 mod tests_data;
+#[cfg(test)]
+mod tests_device;
 mod thread;
 
 use engine::Engine;
@@ -69,7 +71,10 @@ pub struct ConsolePortConfig {
 pub enum PortBackend {
     /// Listen on a Unix socket; one client at a time; reconnects allowed.
     /// The listener is made non-blocking; a second client waits in the
-    /// backlog until the first one leaves.
+    /// backlog until the first one leaves. Guest output nobody took stays
+    /// in the device for the next client. Bytes already in a client's socket
+    /// buffer when it closes are discarded by the kernel; a client that must
+    /// not lose any shuts down its reading side, reads to EOF, then closes.
     Socket(UnixListener),
     /// Append guest output to a file; no input.
     File(File),

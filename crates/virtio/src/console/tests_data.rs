@@ -36,10 +36,20 @@ fn guest_output_reaches_a_connected_client() {
     rig.send(0, b"to port zero", 1);
     rig.send(1, b"to port one, ", 3);
     rig.send(1, b"in two chains", 2);
+    let table = rig.alloc(64);
+    let text = rig.alloc(16);
+    rig.mem
+        .write_slice(b" (indirect)", GuestAddress(text))
+        .unwrap();
+    rig.rings[tx_queue(1)].post_indirect(
+        &rig.mem,
+        table,
+        &[(text, 2, false), (text + 2, 9, false)],
+    );
     rig.pump();
     assert_eq!(drain(&mut c0), b"to port zero");
-    assert_eq!(drain(&mut c1), b"to port one, in two chains");
-    assert_eq!((rig.completed(0), rig.completed(1)), (1, 2));
+    assert_eq!(drain(&mut c1), b"to port one, in two chains (indirect)");
+    assert_eq!((rig.completed(0), rig.completed(1)), (1, 3));
     assert!(rig.irq.queue.load(std::sync::atomic::Ordering::SeqCst) > 0);
 }
 
@@ -124,7 +134,7 @@ fn input_waits_for_guest_buffers_and_fills_them_in_order() {
         lock(&rig.console.hosts)[0].rx_buf.is_empty(),
         "nothing is read without guest buffers"
     );
-    rig.post_rx(0, 2, 4);
+    rig.post_rx(0, 1, 4);
     rig.pump();
     assert_eq!(rig.received(0), b"hell");
     rig.post_rx(0, 3, 4);
@@ -186,7 +196,8 @@ fn malformed_data_chains_complete_without_output() {
     rig.rings[tx].post(&rig.mem, &[(MEM_SIZE - 2, 6, false)]);
     rig.rings[tx].post(&rig.mem, &[(u64::MAX - 2, 6, false)]);
     let many: Vec<_> = (0..=MAX_SEGMENTS).map(|_| (a, 1, false)).collect();
-    rig.rings[tx].post(&rig.mem, &many);
+    let table = rig.alloc(16 * many.len());
+    rig.rings[tx].post_indirect(&rig.mem, table, &many);
     rig.rings[tx].post(&rig.mem, &[(a, 0, false)]);
     // Read-only input buffers, input outside guest memory.
     rig.rings[0].post(&rig.mem, &[(a, 16, false)]);
@@ -238,15 +249,15 @@ fn file_backend_appends_output() {
 
 #[test]
 fn stream_backend_moves_both_ways() {
-    let (mut in_read, in_write) = pipe();
-    let (out_read, out_write) = pipe();
+    let (in_read, in_write) = pipe();
+    let (mut out_read, out_write) = pipe();
     let mut host_in = std::fs::File::from(in_write);
     let mut rig = Rig::new(
         vec![ConsolePortConfig {
             name: String::new(),
             console: true,
             backend: PortBackend::Stream {
-                input: Some(OwnedFd::from(out_read)),
+                input: Some(OwnedFd::from(in_read)),
                 output: out_write,
             },
         }],
@@ -255,7 +266,7 @@ fn stream_backend_moves_both_ways() {
     rig.send(0, b"boot log", 1);
     rig.pump();
     let mut buf = [0u8; 8];
-    in_read.read_exact(&mut buf).unwrap();
+    out_read.read_exact(&mut buf).unwrap();
     assert_eq!(&buf, b"boot log");
     host_in.write_all(b"typed").unwrap();
     rig.pump();
@@ -269,7 +280,7 @@ fn stream_backend_moves_both_ways() {
     rig.send(0, b"!", 1);
     rig.pump();
     let mut one = [0u8; 1];
-    in_read.read_exact(&mut one).unwrap();
+    out_read.read_exact(&mut one).unwrap();
     assert_eq!(&one, b"!");
 }
 
