@@ -41,6 +41,10 @@ struct Cli {
     /// [,logical_block_size=N][,physical_block_size=N][,discard=on|off][,id=NAME][,addr=SLOT]. Repeatable.
     #[arg(long, value_name = "path=FILE,...")]
     disk: Vec<String>,
+    /// A virtio-serial port: name=NAME,socket=PATH (the VMM listens) or name=NAME,path=FILE
+    /// (guest output to a file), optionally console=on. Repeatable; all ports share one device.
+    #[arg(long, value_name = "name=NAME,socket=PATH")]
+    channel: Vec<String>,
     /// Give the guest a virtio-rng device (PCI) fed from the host's getrandom.
     #[arg(long)]
     rng: bool,
@@ -68,6 +72,11 @@ impl Cli {
                 .disk
                 .iter()
                 .map(|d| config::parse_disk(d))
+                .collect::<Result<_, _>>()?,
+            channels: self
+                .channel
+                .iter()
+                .map(|c| config::parse_channel(c))
                 .collect::<Result<_, _>>()?,
         })
     }

@@ -57,3 +57,51 @@ pub trait VirtioDevice: Send {
     /// Stops processing and forgets the queues (a driver reset).
     fn reset(&mut self);
 }
+
+/// A device whose host side outlives one VM instance (sockets, clients):
+/// each instance's transport gets a handle, and dropping the transport
+/// resets the device instead of destroying it.
+pub struct SharedDevice<D> {
+    inner: std::sync::Arc<std::sync::Mutex<D>>,
+    queue_sizes: Vec<u16>,
+}
+
+impl<D: VirtioDevice> SharedDevice<D> {
+    /// A handle on `inner`.
+    pub fn new(inner: std::sync::Arc<std::sync::Mutex<D>>) -> SharedDevice<D> {
+        let queue_sizes = inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .queue_max_sizes()
+            .to_vec();
+        SharedDevice { inner, queue_sizes }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, D> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl<D: VirtioDevice> VirtioDevice for SharedDevice<D> {
+    fn device_type(&self) -> u16 {
+        self.lock().device_type()
+    }
+    fn queue_max_sizes(&self) -> &[u16] {
+        &self.queue_sizes
+    }
+    fn features(&self) -> u64 {
+        self.lock().features()
+    }
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        self.lock().read_config(offset, data)
+    }
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        self.lock().write_config(offset, data)
+    }
+    fn activate(&mut self, queues: QueueSet) -> Result<(), ActivateError> {
+        self.lock().activate(queues)
+    }
+    fn reset(&mut self) {
+        self.lock().reset()
+    }
+}

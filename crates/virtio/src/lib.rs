@@ -9,7 +9,7 @@ pub mod pci_transport;
 pub mod rng;
 pub mod worker;
 
-pub use device::{ActivateError, Interrupt, QueueSet, VirtioDevice};
+pub use device::{ActivateError, Interrupt, QueueSet, SharedDevice, VirtioDevice};
 pub use pci_transport::{IoEventRegistrar, VirtioPci};
 
 /// The guest memory type devices use.

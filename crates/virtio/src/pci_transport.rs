@@ -439,6 +439,14 @@ impl<D: VirtioDevice> VirtioPci<D> {
     }
 }
 
+impl<D: VirtioDevice> Drop for VirtioPci<D> {
+    /// The VM instance is going away: stop the device's workers (a shared
+    /// device keeps its host side for the next instance).
+    fn drop(&mut self) {
+        self.device.reset();
+    }
+}
+
 fn class_of(device_type: u16) -> u32 {
     match device_type {
         1 => 0x02_0000, // network

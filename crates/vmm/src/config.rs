@@ -27,6 +27,28 @@ pub struct VmConfig {
     pub rng: bool,
     /// virtio-blk disks, in PCI slot order.
     pub disks: Vec<DiskConfig>,
+    /// Ports of the virtio-console (virtio-serial) device, in port order.
+    pub channels: Vec<ChannelConfig>,
+}
+
+/// `--channel`: one port of the virtio-console device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelConfig {
+    /// Port name (the guest's /dev/virtio-ports/NAME).
+    pub name: String,
+    /// Host side of the port.
+    pub backend: ChannelBackend,
+    /// Announce the port as a console (hvc).
+    pub console: bool,
+}
+
+/// Host side of a channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChannelBackend {
+    /// A Unix socket the VMM listens on (one client at a time, reconnects allowed).
+    Socket(PathBuf),
+    /// A file that receives the guest's output.
+    File(PathBuf),
 }
 
 /// `--disk`: one virtio-blk device.
@@ -350,6 +372,41 @@ pub fn parse_disk(value: &str) -> Result<DiskConfig, ConfigError> {
     Ok(disk)
 }
 
+/// Parses `--channel name=NAME,socket=PATH|path=FILE[,console=on]`.
+pub fn parse_channel(value: &str) -> Result<ChannelConfig, ConfigError> {
+    const FLAG: &str = "--channel";
+    let mut name = None;
+    let mut backend = None;
+    let mut console = false;
+    for (key, val) in parse_options(FLAG, value, &["name", "socket", "path", "console"])? {
+        match key {
+            "name" => name = Some(val.to_string()),
+            "socket" | "path" if backend.is_some() => {
+                return Err(ConfigError::new(FLAG, "give one of socket= and path="))
+            }
+            "socket" => backend = Some(ChannelBackend::Socket(PathBuf::from(val))),
+            "path" => backend = Some(ChannelBackend::File(PathBuf::from(val))),
+            _ => console = parse_on_off(FLAG, key, val)?,
+        }
+    }
+    let name = name
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| ConfigError::new(FLAG, "name=NAME is required"))?;
+    if name.len() > 255 || name.contains('/') || name.chars().any(char::is_control) {
+        return Err(ConfigError::new(
+            FLAG,
+            format!("name={name}: at most 255 characters, no '/' or control characters"),
+        ));
+    }
+    let backend =
+        backend.ok_or_else(|| ConfigError::new(FLAG, "socket=PATH or path=FILE is required"))?;
+    Ok(ChannelConfig {
+        name,
+        backend,
+        console,
+    })
+}
+
 /// Parses `--on-reboot restart|exit`.
 pub fn parse_on_reboot(value: &str) -> Result<RebootPolicy, ConfigError> {
     match value {
@@ -437,6 +494,27 @@ mod tests {
             "path=/a,frobnicate=1",
         ] {
             assert_eq!(parse_disk(bad).unwrap_err().flag, "--disk", "{bad}");
+        }
+    }
+
+    #[test]
+    fn channels() {
+        let c = parse_channel("name=org.example.agent,socket=/tmp/a.sock").unwrap();
+        assert_eq!(c.backend, ChannelBackend::Socket("/tmp/a.sock".into()));
+        assert!(
+            parse_channel("name=log,path=/tmp/log,console=on")
+                .unwrap()
+                .console
+        );
+        for bad in [
+            "",
+            "name=x",
+            "socket=/s",
+            "name=a/b,socket=/s",
+            "name=x,socket=/a,path=/b",
+            "name=x,socket=/a,console=yes",
+        ] {
+            assert_eq!(parse_channel(bad).unwrap_err().flag, "--channel", "{bad}");
         }
     }
 

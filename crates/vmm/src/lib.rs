@@ -2,6 +2,7 @@
 //! threads and the lifecycle loop that turns guest requests, faults and host
 //! signals into the process's exit status.
 
+mod channels;
 pub mod config;
 mod console;
 mod memory;

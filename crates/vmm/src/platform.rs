@@ -84,6 +84,7 @@ impl Buses {
         vm: &Arc<Vm>,
         mem: &GuestMemory,
         disks: &[Arc<dyn DiskFile>],
+        channels: Option<&Arc<Mutex<virtio::console::Console>>>,
     ) -> Result<Buses, Error> {
         let pio = Arc::new(Bus::new());
         let mmio = Arc::new(Bus::new());
@@ -134,19 +135,20 @@ impl Buses {
         )?;
 
         let buses = Buses { pio, mmio, pci };
-        buses.add_virtio_devices(config, vm, mem, disks)?;
+        buses.add_virtio_devices(config, vm, mem, disks, channels)?;
         Ok(buses)
     }
 
     /// The virtio devices. Slots are stable for a configuration: devices
     /// with `addr=` take their slot, then disks in command-line order, then
-    /// the entropy device, each in the lowest free slot.
+    /// the console (channels), then the entropy device, each in the lowest free slot.
     fn add_virtio_devices(
         &self,
         config: &VmConfig,
         vm: &Arc<Vm>,
         mem: &GuestMemory,
         disks: &[Arc<dyn DiskFile>],
+        channels: Option<&Arc<Mutex<virtio::console::Console>>>,
     ) -> Result<(), Error> {
         // Small BARs (64-bit capable) go below 4 GiB, as firmware places them.
         let mut mmio32 = AddressAllocator::new(PCI_MMIO32_START, PCI_MMIO32_SIZE);
@@ -167,6 +169,13 @@ impl Buses {
             devices.push((
                 disk.addr,
                 virtio_device(Block::new(block_config), mem, &router.sender(), &ioevents),
+            ));
+        }
+        if let Some(console) = channels {
+            let device = virtio::SharedDevice::new(console.clone());
+            devices.push((
+                None,
+                virtio_device(device, mem, &router.sender(), &ioevents),
             ));
         }
         if config.rng {

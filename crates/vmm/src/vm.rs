@@ -78,6 +78,8 @@ struct BootFiles {
     initramfs: Option<Vec<u8>>,
     /// The disks, opened once; a reboot keeps them open.
     disks: Vec<Arc<dyn block::DiskFile>>,
+    /// The virtio-console device: its sockets and clients outlive reboots.
+    channels: Option<Arc<Mutex<virtio::console::Console>>>,
 }
 
 /// Boots the VM described by `config` and runs it until it ends.
@@ -173,10 +175,18 @@ fn read_boot_files(config: &VmConfig) -> Result<BootFiles, Error> {
             .map_err(|e| ConfigError::new("--disk", format!("{}: {e}", disk.path.display())))?;
         disks.push(Arc::new(file));
     }
+    let channels = if config.channels.is_empty() {
+        None
+    } else {
+        Some(Arc::new(Mutex::new(crate::channels::create(
+            &config.channels,
+        )?)))
+    };
     Ok(BootFiles {
         kernel,
         initramfs,
         disks,
+        channels,
     })
 }
 
@@ -254,7 +264,15 @@ fn run_instance(
 
     let stop = Arc::new(AtomicBool::new(false));
     let sink = request_sink(events_tx.clone(), generation, stop.clone());
-    let buses = platform::Buses::new(config, console, sink, &vm, &mem, &files.disks)?;
+    let buses = platform::Buses::new(
+        config,
+        console,
+        sink,
+        &vm,
+        &mem,
+        &files.disks,
+        files.channels.as_ref(),
+    )?;
     let (pio, mmio) = (buses.pio.clone(), buses.mmio.clone());
     {
         let port = console.port();
