@@ -10,6 +10,7 @@ use std::sync::Arc;
 use block::DiskFile;
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{GuestMemoryBackend, VolatileSlice};
+use vmm_sys_util::eventfd::EventFd;
 
 use crate::device::{ActivateError, Interrupt, QueueSet, VirtioDevice};
 use crate::features::{RING_EVENT_IDX, RING_INDIRECT_DESC, VERSION_1};
@@ -169,22 +170,27 @@ impl VirtioDevice for Block {
 
     fn activate(&mut self, set: QueueSet) -> Result<(), ActivateError> {
         for (index, queue, event) in set.queues {
+            let executor = Executor {
+                mem: set.mem.clone(),
+                disk: self.config.disk.clone(),
+                read_only: self.config.read_only,
+                discard: self.config.discard && !self.config.read_only,
+                serial: self.config.serial.clone(),
+            };
+            let completions = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?;
+            let name = format!("virtio-blk-q{index}");
+            let pool = IoPool::new(&executor, &name, completions.try_clone()?)?;
             let handler = RequestQueue {
                 index,
                 mem: set.mem.clone(),
                 queue,
                 interrupt: set.interrupt.clone(),
-                disk: self.config.disk.clone(),
-                read_only: self.config.read_only,
-                discard: self.config.discard && !self.config.read_only,
-                serial: self.config.serial.clone(),
+                executor,
+                pool: Some(pool),
                 broken: false,
             };
-            self.workers.push(Worker::spawn(
-                format!("virtio-blk-q{index}"),
-                vec![event],
-                handler,
-            )?);
+            self.workers
+                .push(Worker::spawn(name, vec![event, completions], handler)?);
         }
         Ok(())
     }
@@ -214,10 +220,14 @@ pub fn serve_queue_once(
         mem: mem.clone(),
         queue,
         interrupt: Arc::new(NoInterrupt),
-        disk,
-        read_only,
-        discard: !read_only,
-        serial: "fuzz".into(),
+        executor: Executor {
+            mem: mem.clone(),
+            disk,
+            read_only,
+            discard: !read_only,
+            serial: "fuzz".into(),
+        },
+        pool: None,
         broken: false,
     };
     rq.serve()
@@ -229,11 +239,93 @@ struct RequestQueue {
     mem: GuestMemory,
     queue: Queue,
     interrupt: Arc<dyn Interrupt>,
+    executor: Executor,
+    /// I/O threads; without them requests run on the queue's own thread.
+    pool: Option<IoPool>,
+    broken: bool,
+}
+
+/// What executing a request needs; cheap to clone into I/O threads.
+#[derive(Clone)]
+struct Executor {
+    mem: GuestMemory,
     disk: Arc<dyn DiskFile>,
     read_only: bool,
     discard: bool,
     serial: String,
-    broken: bool,
+}
+
+/// One descriptor of a request, owned so the request can move to an I/O thread.
+#[derive(Debug, Clone, Copy)]
+struct Desc {
+    addr: vm_memory::GuestAddress,
+    len: u32,
+    write: bool,
+}
+
+/// A request handed to the I/O threads.
+struct Job {
+    head: u16,
+    descs: Vec<Desc>,
+}
+
+/// I/O threads serving one queue: requests run in parallel, as the guest's
+/// queue depth allows; completions come back over a channel and an eventfd.
+struct IoPool {
+    jobs: Option<std::sync::mpsc::Sender<Job>>,
+    done: std::sync::mpsc::Receiver<(u16, u32)>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+/// I/O threads per queue.
+const IO_THREADS: usize = 8;
+
+impl IoPool {
+    fn new(executor: &Executor, name: &str, signal: EventFd) -> std::io::Result<IoPool> {
+        let (jobs, job_rx) = std::sync::mpsc::channel::<Job>();
+        let (done_tx, done) = std::sync::mpsc::channel();
+        let job_rx = Arc::new(std::sync::Mutex::new(job_rx));
+        let signal = Arc::new(signal);
+        let mut threads = Vec::new();
+        for i in 0..IO_THREADS {
+            let (job_rx, done_tx, signal, executor) = (
+                job_rx.clone(),
+                done_tx.clone(),
+                signal.clone(),
+                executor.clone(),
+            );
+            let thread = std::thread::Builder::new()
+                .name(format!("{name}-io{i}"))
+                .spawn(move || loop {
+                    let job = match job_rx.lock() {
+                        Ok(rx) => rx.recv(),
+                        Err(_) => return,
+                    };
+                    let Ok(job) = job else { return };
+                    let used = executor.run(&job.descs);
+                    if done_tx.send((job.head, used)).is_err() {
+                        return;
+                    }
+                    let _ = signal.write(1);
+                })?;
+            threads.push(thread);
+        }
+        Ok(IoPool {
+            jobs: Some(jobs),
+            done,
+            threads,
+        })
+    }
+}
+
+impl Drop for IoPool {
+    fn drop(&mut self) {
+        // Closing the job channel ends the threads once they finish their request.
+        self.jobs = None;
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
 }
 
 /// The buffers of one request, split as the protocol frames them.
@@ -300,23 +392,20 @@ fn len_of(slices: &[VolatileSlice]) -> u64 {
     slices.iter().map(|s| s.len() as u64).sum()
 }
 
-impl RequestQueue {
-    /// Maps a chain's descriptors to guest memory; `None` when a buffer lies
+impl Executor {
+    /// Maps a request's descriptors to guest memory; `None` when a buffer lies
     /// outside guest RAM or a readable buffer follows a writable one.
-    fn map<'a>(
-        mem: &'a GuestMemory,
-        chain: DescriptorChain<&'a GuestMemory>,
-    ) -> Option<Request<'a>> {
+    fn map<'a>(mem: &'a GuestMemory, descs: &[Desc]) -> Option<Request<'a>> {
         let mut req = Request {
             readable: Vec::new(),
             writable: Vec::new(),
         };
-        for desc in chain {
-            if desc.len() == 0 {
+        for desc in descs {
+            if desc.len == 0 {
                 continue;
             }
-            let slice = mem.get_slice(desc.addr(), desc.len() as usize).ok()?;
-            if desc.is_write_only() {
+            let slice = mem.get_slice(desc.addr, desc.len as usize).ok()?;
+            if desc.write {
                 req.writable.push(slice);
             } else if req.writable.is_empty() {
                 req.readable.push(slice);
@@ -325,6 +414,20 @@ impl RequestQueue {
             }
         }
         Some(req)
+    }
+
+    /// Executes one request and writes its status; returns the used length.
+    fn run(&self, descs: &[Desc]) -> u32 {
+        let Some(mut req) = Self::map(&self.mem, descs) else {
+            return 0;
+        };
+        // No room for a status byte: nothing can be reported.
+        let Some(status) = take_back(&mut req.writable, 1) else {
+            return 0;
+        };
+        let (s, written) = self.execute(&mut req);
+        write_bytes(&status, &[s]);
+        written + 1
     }
 
     /// Executes one request; returns its status and the bytes it wrote into data buffers.
@@ -445,28 +548,42 @@ impl RequestQueue {
         };
         (if result.is_ok() { S_OK } else { S_IOERR }, 0)
     }
+}
 
-    /// Serves every available request; returns how many were completed.
+/// The descriptors of a chain, owned.
+fn collect(chain: DescriptorChain<&GuestMemory>) -> Vec<Desc> {
+    chain
+        .map(|d| Desc {
+            addr: d.addr(),
+            len: d.len(),
+            write: d.is_write_only(),
+        })
+        .collect()
+}
+
+impl RequestQueue {
+    /// Takes every available request: runs it here, or hands it to the I/O
+    /// threads. Returns how many were completed here. An avail index the
+    /// queue cannot hold is an error (never a spin).
     fn serve(&mut self) -> Result<usize, virtio_queue::Error> {
         let mut done = 0;
         loop {
             self.queue.disable_notification(&self.mem)?;
             let chains: Vec<_> = self.queue.iter(&self.mem)?.collect();
             for chain in chains {
-                let head = chain.head_index();
-                let used = match Self::map(&self.mem, chain) {
-                    Some(mut req) => match take_back(&mut req.writable, 1) {
-                        Some(status) => {
-                            let (s, written) = self.execute(&mut req);
-                            write_bytes(&status, &[s]);
-                            written + 1
-                        }
-                        // No room for a status byte: nothing can be reported.
-                        None => 0,
-                    },
-                    None => 0,
+                let job = Job {
+                    head: chain.head_index(),
+                    descs: collect(chain),
                 };
-                self.queue.add_used(&self.mem, head, used)?;
+                if let Some(jobs) = self.pool.as_ref().and_then(|p| p.jobs.as_ref()) {
+                    if let Err(std::sync::mpsc::SendError(job)) = jobs.send(job) {
+                        self.queue.add_used(&self.mem, job.head, 0)?;
+                        done += 1;
+                    }
+                    continue;
+                }
+                let used = self.executor.run(&job.descs);
+                self.queue.add_used(&self.mem, job.head, used)?;
                 done += 1;
             }
             if !self.queue.enable_notification(&self.mem)? {
@@ -474,14 +591,30 @@ impl RequestQueue {
             }
         }
     }
+
+    /// Puts the requests the I/O threads finished in the used ring.
+    fn complete(&mut self) -> Result<usize, virtio_queue::Error> {
+        let Some(pool) = &self.pool else { return Ok(0) };
+        let finished: Vec<(u16, u32)> = pool.done.try_iter().collect();
+        for (head, used) in &finished {
+            self.queue.add_used(&self.mem, *head, *used)?;
+        }
+        Ok(finished.len())
+    }
 }
 
 impl QueueHandler for RequestQueue {
-    fn process(&mut self, _index: usize) {
+    /// Index 0: the guest notified the queue; index 1: I/O threads finished requests.
+    fn process(&mut self, index: usize) {
         if self.broken {
             return;
         }
-        match self.serve() {
+        let result = if index == 0 {
+            self.serve()
+        } else {
+            self.complete()
+        };
+        match result {
             Ok(0) => {}
             Ok(_) => {
                 if self.queue.needs_notification(&self.mem).unwrap_or(true) {
@@ -587,10 +720,14 @@ mod tests {
             mem: mem.clone(),
             queue: mock.create_queue().unwrap(),
             interrupt: counter.clone(),
-            disk: d,
-            read_only,
-            discard: !read_only,
-            serial: "disk-serial-0123456789".into(),
+            executor: Executor {
+                mem: mem.clone(),
+                disk: d,
+                read_only,
+                discard: !read_only,
+                serial: "disk-serial-0123456789".into(),
+            },
+            pool: None,
             broken: false,
         };
         rq.process(0);

@@ -9,18 +9,32 @@ use vm_memory::{
 
 use crate::Error;
 
-/// Maps `size` bytes of guest RAM (untouched pages cost the host nothing).
+/// Maps `size` bytes of guest RAM (untouched pages cost the host nothing),
+/// advised for transparent hugepages: fewer TLB misses for the guest, and
+/// far fewer pages to pin when a device does O_DIRECT I/O into guest memory.
 pub fn create(size: u64) -> Result<GuestMemory, Error> {
     let ranges: Vec<(GuestAddress, usize)> = ram_regions(size)
         .into_iter()
         .map(|(start, len)| (GuestAddress(start), len as usize))
         .collect();
-    GuestMemory::from_ranges(&ranges).map_err(|e| {
+    let mem = GuestMemory::from_ranges(&ranges).map_err(|e| {
         Error::Config(crate::ConfigError::new(
             "--memory",
             format!("cannot map {size} bytes of guest RAM: {e}"),
         ))
-    })
+    })?;
+    for (host, len) in host_ranges(&mem) {
+        // SAFETY: advice on a range this process mapped; it changes no contents.
+        let r =
+            unsafe { libc::madvise(host as *mut libc::c_void, len as usize, libc::MADV_HUGEPAGE) };
+        if r != 0 {
+            tracing::debug!(
+                "MADV_HUGEPAGE on guest RAM: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+    Ok(mem)
 }
 
 /// Host address ranges `(start, len)` of the guest RAM mappings.
