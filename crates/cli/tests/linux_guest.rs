@@ -92,3 +92,64 @@ fn linux_guest_boots_smp_and_runs_a_script() {
         out.serial
     );
 }
+
+#[test]
+fn linux_guest_sees_pci_devices_and_powers_off_through_acpi() {
+    if !e2e::host::hardware_virtualization() {
+        eprintln!("Linux guest tests not run: KVM on this host is not hardware-backed");
+        return;
+    }
+    assert!(require_kvm());
+    let (kernel, initramfs) = guest_kit();
+    let dir = TempDir::new("linux-devices");
+    let disk = dir.join("disk.img");
+    let mut content = vec![0u8; 64 << 20];
+    content[..16].copy_from_slice(b"FERROVISOR-DISK!");
+    std::fs::write(&disk, content).unwrap();
+    let sock = dir.join("agent.sock");
+    let script = "cat /sys/block/vda/queue/logical_block_size /sys/block/vda/queue/physical_block_size; \
+                  dd if=/dev/vda bs=16 count=1 2>/dev/null; echo; \
+                  echo guest-wrote-this | dd of=/dev/vda bs=512 seek=8 conv=sync,fsync 2>/dev/null; \
+                  ls /dev/virtio-ports/; head -c 64 /dev/hwrng | wc -c";
+    let mut cmd = ferrovisor(&kernel);
+    cmd.arg("--initramfs").arg(&initramfs).args([
+        "--cpus",
+        "boot=2",
+        "--memory",
+        "size=512M",
+        "--rng",
+        "--disk",
+        &format!(
+            "path={},physical_block_size=4096,serial=linux-disk",
+            disk.display()
+        ),
+        "--channel",
+        &format!("name=org.ferrovisor.agent,socket={}", sock.display()),
+        "--cmdline",
+        &format!(
+            "console=ttyS0 panic=-1 kit.run={}",
+            base64(script.as_bytes())
+        ),
+    ]);
+    let mut vm = VmProcess::spawn(cmd);
+    vm.wait_for_line("kit: init ok", Duration::from_secs(120));
+    vm.wait_for_line("kit: exit=0", Duration::from_secs(60));
+    // /init powers off: through ACPI S5 now that the tables exist.
+    let out = vm.wait(Duration::from_secs(60));
+    assert_eq!(out.code(), 0, "{out:#?}");
+    for expected in [
+        "512",
+        "4096",
+        "FERROVISOR-DISK!",
+        "org.ferrovisor.agent",
+        "64",
+    ] {
+        assert!(
+            out.serial.iter().any(|l| l.trim() == expected),
+            "{expected}: {:#?}",
+            out.serial
+        );
+    }
+    let written = std::fs::read(&disk).unwrap();
+    assert_eq!(&written[8 * 512..8 * 512 + 16], b"guest-wrote-this");
+}
