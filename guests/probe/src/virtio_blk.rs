@@ -176,7 +176,8 @@ pub struct Device {
     /// Data bytes per descriptor at most, whatever `size_max` says
     /// (`blk_seg=`, to exercise devices with long chains).
     pub seg_override: Option<usize>,
-    // Declared first so that it drops (and resets the device) first.
+    // The first field with a destructor: it drops (and resets the device)
+    // before the others.
     transport: PciTransport,
     access: ConfigAccess,
     bars: alloc::vec::Vec<pci::Bar>,
