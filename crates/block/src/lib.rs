@@ -52,42 +52,6 @@ pub trait DiskFile: Send + Sync {
     fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> io::Result<()>;
 }
 
-/// Reads exactly `buf.len()` bytes at `offset`, failing at end of file.
-pub fn read_exact_at(disk: &dyn DiskFile, buf: &VolatileSlice, mut offset: u64) -> io::Result<()> {
-    let mut done = 0;
-    while done < buf.len() {
-        let part = buf
-            .offset(done)
-            .map_err(|e| io::Error::other(e.to_string()))?;
-        match disk.read_at(&part, offset)? {
-            0 => return Err(io::ErrorKind::UnexpectedEof.into()),
-            n => {
-                done += n;
-                offset += n as u64;
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Writes all of `buf` at `offset`.
-pub fn write_all_at(disk: &dyn DiskFile, buf: &VolatileSlice, mut offset: u64) -> io::Result<()> {
-    let mut done = 0;
-    while done < buf.len() {
-        let part = buf
-            .offset(done)
-            .map_err(|e| io::Error::other(e.to_string()))?;
-        match disk.write_at(&part, offset)? {
-            0 => return Err(io::ErrorKind::WriteZero.into()),
-            n => {
-                done += n;
-                offset += n as u64;
-            }
-        }
-    }
-    Ok(())
-}
-
 /// Drops the first `n` bytes of `bufs`.
 fn advance<'a>(bufs: &mut Vec<VolatileSlice<'a>>, mut n: usize) -> io::Result<()> {
     while n > 0 {
@@ -107,16 +71,18 @@ fn advance<'a>(bufs: &mut Vec<VolatileSlice<'a>>, mut n: usize) -> io::Result<()
     Ok(())
 }
 
-/// Fills every buffer from `offset` on, failing at end of file.
-pub fn read_exact_vectored_at(
-    disk: &dyn DiskFile,
+/// Repeats `op` (a positional vectored transfer) until every buffer was
+/// moved; a transfer of 0 bytes ends with `stalled`.
+fn transfer_all(
     bufs: &[VolatileSlice],
     mut offset: u64,
+    stalled: io::ErrorKind,
+    op: impl Fn(&[VolatileSlice], u64) -> io::Result<usize>,
 ) -> io::Result<()> {
     let mut left: Vec<VolatileSlice> = bufs.iter().copied().filter(|b| !b.is_empty()).collect();
     while !left.is_empty() {
-        match disk.read_vectored_at(&left, offset)? {
-            0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+        match op(&left, offset)? {
+            0 => return Err(stalled.into()),
             n => {
                 offset += n as u64;
                 advance(&mut left, n)?;
@@ -126,21 +92,24 @@ pub fn read_exact_vectored_at(
     Ok(())
 }
 
+/// Fills every buffer from `offset` on, failing at end of file.
+pub fn read_exact_vectored_at(
+    disk: &dyn DiskFile,
+    bufs: &[VolatileSlice],
+    offset: u64,
+) -> io::Result<()> {
+    transfer_all(bufs, offset, io::ErrorKind::UnexpectedEof, |b, o| {
+        disk.read_vectored_at(b, o)
+    })
+}
+
 /// Writes every buffer at `offset` on.
 pub fn write_all_vectored_at(
     disk: &dyn DiskFile,
     bufs: &[VolatileSlice],
-    mut offset: u64,
+    offset: u64,
 ) -> io::Result<()> {
-    let mut left: Vec<VolatileSlice> = bufs.iter().copied().filter(|b| !b.is_empty()).collect();
-    while !left.is_empty() {
-        match disk.write_vectored_at(&left, offset)? {
-            0 => return Err(io::ErrorKind::WriteZero.into()),
-            n => {
-                offset += n as u64;
-                advance(&mut left, n)?;
-            }
-        }
-    }
-    Ok(())
+    transfer_all(bufs, offset, io::ErrorKind::WriteZero, |b, o| {
+        disk.write_vectored_at(b, o)
+    })
 }

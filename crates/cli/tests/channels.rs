@@ -7,7 +7,7 @@ use common::*;
 use std::io::{Read, Write};
 use std::net::Shutdown;
 use std::os::unix::net::UnixStream;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const NAME: &str = "org.ferrovisor.test";
 
@@ -44,14 +44,7 @@ fn checksum_matches_the_probe_definition() {
 }
 
 fn connect(path: &std::path::Path) -> UnixStream {
-    let deadline = Instant::now() + RUN_TIMEOUT;
-    loop {
-        match UnixStream::connect(path) {
-            Ok(s) => return s,
-            Err(e) if Instant::now() > deadline => panic!("connect {}: {e}", path.display()),
-            Err(_) => std::thread::sleep(Duration::from_millis(10)),
-        }
-    }
+    connect_unix(path, RUN_TIMEOUT)
 }
 
 fn start(dir: &TempDir, cmdline: &str) -> (VmProcess, std::path::PathBuf) {

@@ -5,7 +5,6 @@ mod common;
 use common::*;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
-use std::time::{Duration, Instant};
 
 fn echo_cmd(serial: &str) -> std::process::Command {
     let mut cmd = ferrovisor(&probe());
@@ -85,14 +84,7 @@ fn off_backend_discards_output() {
 }
 
 fn connect(path: &std::path::Path) -> UnixStream {
-    let deadline = Instant::now() + RUN_TIMEOUT;
-    loop {
-        match UnixStream::connect(path) {
-            Ok(s) => return s,
-            Err(e) if Instant::now() > deadline => panic!("connect {}: {e}", path.display()),
-            Err(_) => std::thread::sleep(Duration::from_millis(10)),
-        }
-    }
+    connect_unix(path, RUN_TIMEOUT)
 }
 
 #[test]

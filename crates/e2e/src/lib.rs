@@ -9,4 +9,4 @@ pub mod process;
 
 pub use guests::{asm_guest, probe, AsmGuest};
 pub use host::{kvm_available, require_kvm, TempDir};
-pub use process::{field, Exited, VmProcess};
+pub use process::{connect_unix, field, Exited, VmProcess};

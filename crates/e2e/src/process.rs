@@ -195,3 +195,16 @@ impl Drop for VmProcess {
         let _ = self.child.wait();
     }
 }
+
+/// Connects to the Unix socket at `path`, retrying until `timeout` (the VMM
+/// creates it while starting).
+pub fn connect_unix(path: &std::path::Path, timeout: Duration) -> std::os::unix::net::UnixStream {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match std::os::unix::net::UnixStream::connect(path) {
+            Ok(s) => return s,
+            Err(e) if Instant::now() > deadline => panic!("connect {}: {e}", path.display()),
+            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+}
