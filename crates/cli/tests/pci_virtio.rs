@@ -167,3 +167,25 @@ fn pci_layout_is_stable_and_addr_pins_slots() {
         ]
     );
 }
+
+/// Without MSI-X the device interrupts through INTA#, routed to the GSI the
+/// DSDT's _PRT gives for its slot (16 + slot % 8) and the IOAPIC.
+#[test]
+fn virtio_rng_falls_back_to_intx() {
+    if !require_kvm() {
+        return;
+    }
+    let out = probe_run("probe=rng irq=intx", &["--rng"]);
+    assert_eq!(out.code(), debug_exit(0), "{out:#?}");
+    assert_eq!(out.field("probe: rng bytes", "gsi").as_deref(), Some("17"));
+    let irqs: u32 = out
+        .field("probe: rng bytes", "intx_irqs")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(irqs > 0, "{out:#?}");
+    assert_eq!(
+        out.field("probe: rng intx pin", "line").as_deref(),
+        Some("17")
+    );
+}

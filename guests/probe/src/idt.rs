@@ -1,7 +1,7 @@
 //! The 64-bit IDT: exception stubs that turn any CPU exception into a FAIL,
 //! the APIC timer handler (vector 0x40), counting handlers for device
-//! interrupts (MSI/MSI-X, vectors 0x50..0x57) and the spurious-interrupt
-//! handler.
+//! interrupts (MSI/MSI-X, vectors 0x50..0x57), the legacy INTx handler
+//! (vector 0x58, through the I/O APIC) and the spurious-interrupt handler.
 //!
 //! `extern "x86-interrupt"` is nightly-only, so the entry stubs are written
 //! in assembly.
@@ -25,6 +25,17 @@ pub const SPURIOUS_VECTOR: u8 = 0xff;
 pub const DEVICE_VECTOR_BASE: u8 = 0x50;
 /// Number of device vectors.
 pub const DEVICE_VECTORS: usize = 8;
+
+/// Vector of the INTx handler: counts, reads the byte register at
+/// [`INTX_ACK_ADDR`] (a virtio ISR status register: the read acknowledges
+/// the interrupt and lowers the line) and sends an EOI.
+pub const INTX_VECTOR: u8 = 0x58;
+/// Register the INTx handler reads before its EOI (0: none).
+pub static INTX_ACK_ADDR: AtomicU64 = AtomicU64::new(0);
+/// Interrupts taken on [`INTX_VECTOR`].
+pub static INTX_IRQS: AtomicU64 = AtomicU64::new(0);
+/// The INTx interrupts whose acknowledging read returned 0 (not ours).
+pub static INTX_IDLE: AtomicU64 = AtomicU64::new(0);
 
 /// Interrupts taken on each device vector.
 static DEVICE_IRQS: [AtomicU64; DEVICE_VECTORS] = [const { AtomicU64::new(0) }; DEVICE_VECTORS];
@@ -96,6 +107,7 @@ extern "C" {
     static device_stubs: [u64; DEVICE_VECTORS];
     fn timer_isr();
     fn spurious_isr();
+    fn intx_isr();
 }
 
 /// Fills the IDT and loads it on this CPU.
@@ -125,6 +137,7 @@ pub fn init() {
     {
         *gate = Gate::interrupt(stub);
     }
+    gates[usize::from(INTX_VECTOR)] = Gate::interrupt(intx_isr as *const () as u64);
     load();
 }
 
@@ -213,6 +226,25 @@ device_isr_\i:
     iretq
     .endr
 
+    /* INTx: count, read the acknowledge register (before the EOI, so a
+       level-triggered line is low again when the I/O APIC sees the EOI),
+       EOI. */
+    .globl intx_isr
+intx_isr:
+    push %rax
+    lock incq {intx_irqs}(%rip)
+    mov {intx_ack}(%rip), %rax
+    test %rax, %rax
+    jz 2f
+    movzbl (%rax), %eax
+    test %eax, %eax
+    jnz 2f
+    lock incq {intx_idle}(%rip)
+2:  mov {eoi}(%rip), %rax
+    movl $0, (%rax)
+    pop %rax
+    iretq
+
     .section .rodata.exception_stubs, "a"
     .balign 8
     .globl exception_stubs
@@ -234,6 +266,9 @@ device_stubs:
     ticks = sym TIMER_TICKS,
     device_irqs = sym DEVICE_IRQS,
     eoi = sym LAPIC_EOI_ADDR,
+    intx_irqs = sym INTX_IRQS,
+    intx_ack = sym INTX_ACK_ADDR,
+    intx_idle = sym INTX_IDLE,
     options(att_syntax)
 );
 

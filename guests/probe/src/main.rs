@@ -26,6 +26,7 @@ mod exit;
 mod fmtbuf;
 mod heap;
 mod idt;
+mod ioapic;
 mod madt;
 mod mem;
 mod mptable;

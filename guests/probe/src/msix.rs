@@ -117,4 +117,15 @@ impl Msix {
         let control = (control | CONTROL_ENABLE) & !CONTROL_FUNCTION_MASK;
         access.write16(self.bdf, self.cap + 2, control);
     }
+
+    /// Whether MSI-X Enable is set.
+    pub fn enabled(&self, access: &ConfigAccess) -> bool {
+        access.read16(self.bdf, self.cap + 2) & CONTROL_ENABLE != 0
+    }
+
+    /// Clears MSI-X Enable (the function then signals INTx again).
+    pub fn disable(&self, access: &ConfigAccess) {
+        let control = access.read16(self.bdf, self.cap + 2);
+        access.write16(self.bdf, self.cap + 2, control & !CONTROL_ENABLE);
+    }
 }

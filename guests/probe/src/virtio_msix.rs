@@ -15,6 +15,8 @@ const CAP_VENDOR: u8 = 0x09;
 const CFG_TYPE_COMMON: u8 = 1;
 /// `virtio_pci_cap.cfg_type` of the notification structure.
 const CFG_TYPE_NOTIFY: u8 = 2;
+/// `virtio_pci_cap.cfg_type` of the ISR status register.
+const CFG_TYPE_ISR: u8 = 3;
 const COMMON_MSIX_CONFIG: u64 = 0x10;
 const COMMON_QUEUE_SELECT: u64 = 0x16;
 const COMMON_QUEUE_MSIX_VECTOR: u64 = 0x1a;
@@ -177,4 +179,11 @@ impl QueueNotify {
         // structure of an assigned, mapped memory BAR.
         unsafe { (self.addr as *mut u16).write_volatile(self.queue) }
     }
+}
+
+/// The address of the device's ISR status byte (4.1.4.5): reading it
+/// returns the pending interrupt causes (bit 0 queue, bit 1 configuration),
+/// clears them and deasserts INTx.
+pub fn isr_status_addr(access: &ConfigAccess, bdf: Bdf, bars: &[Bar]) -> Result<u64, Reason> {
+    Ok(find_structure(access, bdf, bars, CFG_TYPE_ISR, "isr status", 1)?.addr)
 }
