@@ -33,7 +33,15 @@ pub struct PowerManagement {
     pm1_enable: u16,
     pm1_control: u16,
     started: Instant,
+    sci: Option<SciLine>,
+    sci_level: bool,
 }
+
+/// Drives the ACPI SCI (ISA IRQ 9, level-triggered): `true` asserts it.
+pub type SciLine = Box<dyn FnMut(bool) + Send>;
+
+/// PM1 status and enable bit of the fixed-feature power button.
+pub const PWRBTN: u16 = 1 << 8;
 
 impl PowerManagement {
     /// A PM block reporting power-off to `sink`.
@@ -44,6 +52,31 @@ impl PowerManagement {
             pm1_enable: 0,
             pm1_control: SCI_EN,
             started: Instant::now(),
+            sci: None,
+            sci_level: false,
+        }
+    }
+
+    /// Connects the SCI, which is asserted while an enabled status bit is set.
+    pub fn set_sci(&mut self, sci: SciLine) {
+        self.sci = Some(sci);
+        self.update_sci();
+    }
+
+    /// Presses the fixed-feature power button: PWRBTN_STS is set and, if the
+    /// guest enabled it, the SCI asserted until the guest clears the status.
+    pub fn press_power_button(&mut self) {
+        self.pm1_status |= PWRBTN;
+        self.update_sci();
+    }
+
+    fn update_sci(&mut self) {
+        let level = self.pm1_status & self.pm1_enable != 0 && self.pm1_control & SCI_EN != 0;
+        if level != self.sci_level {
+            self.sci_level = level;
+            if let Some(sci) = self.sci.as_mut() {
+                sci(level);
+            }
         }
     }
 
@@ -101,6 +134,7 @@ impl BusDevice for PowerManagement {
             (5, 1) => self.write_control((self.pm1_control & 0xff) | ((value as u16) << 8)),
             _ => {}
         }
+        self.update_sci();
     }
 }
 
@@ -175,6 +209,34 @@ mod tests {
             pm.read(off, &mut [0u8; 8]);
         }
         assert!(seen.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn power_button_raises_and_lowers_the_sci() {
+        let (sink, _) = recorder();
+        let levels = Arc::new(Mutex::new(Vec::new()));
+        let l = levels.clone();
+        let mut pm = PowerManagement::new(sink);
+        pm.set_sci(Box::new(move |level| l.lock().unwrap().push(level)));
+        pm.press_power_button();
+        assert!(levels.lock().unwrap().is_empty(), "not enabled yet: no SCI");
+        pm.write(2, &PWRBTN.to_le_bytes());
+        assert_eq!(
+            *levels.lock().unwrap(),
+            vec![true],
+            "enabling a pending event asserts the SCI"
+        );
+        let mut sts = [0u8; 2];
+        pm.read(0, &mut sts);
+        assert_eq!(u16::from_le_bytes(sts) & PWRBTN, PWRBTN);
+        pm.write(0, &PWRBTN.to_le_bytes());
+        assert_eq!(
+            *levels.lock().unwrap(),
+            vec![true, false],
+            "clearing the status lowers it"
+        );
+        pm.press_power_button();
+        assert_eq!(*levels.lock().unwrap(), vec![true, false, true]);
     }
 
     #[test]

@@ -166,6 +166,14 @@ impl Vm {
             .map_err(Error::wrap("KVM_IOEVENTFD (deassign)"))
     }
 
+    /// Sets the level of interrupt line `gsi` (for level-triggered lines the
+    /// VMM drives, such as the ACPI SCI).
+    pub fn set_irq_line(&self, gsi: u32, level: bool) -> Result<()> {
+        self.fd
+            .set_irq_line(gsi, level)
+            .map_err(Error::wrap("KVM_IRQ_LINE"))
+    }
+
     /// Replaces the GSI routing table with `routes`.
     pub fn set_gsi_routes(&self, routes: &[GsiRoute]) -> Result<()> {
         let entries: Vec<kvm_irq_routing_entry> = routes.iter().map(GsiRoute::entry).collect();

@@ -103,12 +103,15 @@ impl Buses {
             devices::cmos::PORT,
             devices::cmos::LEN,
         )?;
-        insert(
-            &pio,
-            shared(pm::PowerManagement::new(sink.clone())),
-            pm::PM_BASE,
-            pm::PM_LEN,
-        )?;
+        let mut power = pm::PowerManagement::new(sink.clone());
+        let sci_vm = vm.clone();
+        power.set_sci(Box::new(move |level| {
+            if let Err(e) = sci_vm.set_irq_line(arch::layout::ACPI_SCI_IRQ, level) {
+                tracing::debug!("SCI: {e}");
+            }
+        }));
+        // The control plane (API issue) will keep a handle to press the power button.
+        insert(&pio, shared(power), pm::PM_BASE, pm::PM_LEN)?;
         if config.debug_exit {
             insert(
                 &pio,
@@ -134,7 +137,12 @@ impl Buses {
             PCI_ECAM_SIZE,
         )?;
 
-        let buses = Buses { pio, mmio, pci };
+        let buses = Buses {
+            pio,
+            mmio,
+            pci,
+            power,
+        };
         buses.add_virtio_devices(config, vm, mem, disks, channels)?;
         Ok(buses)
     }
