@@ -137,3 +137,41 @@ fn without_debug_exit_the_port_is_inert() {
     let out = run(cmd);
     assert_eq!(out.code(), 0, "{out:#?}");
 }
+
+/// A reboot tears the whole VM instance down, PCI devices included (a
+/// reference cycle between the PCI root and its buses once kept old VMs
+/// alive and made the next instance's irqfd registration fail).
+#[test]
+fn reboot_with_pci_devices_rebuilds_the_vm() {
+    if !require_kvm() {
+        return;
+    }
+    let dir = TempDir::new("reboot-pci");
+    let disk = dir.join("d.img");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    let mut vm = VmProcess::spawn(probe_cmd(
+        "probe=reboot",
+        &[
+            "--rng",
+            "--disk",
+            &format!("path={}", disk.display()),
+            "--channel",
+            &format!("name=a,socket={}", dir.join("a.sock").display()),
+        ],
+    ));
+    for _ in 0..3 {
+        vm.wait_for_line("probe: rebooting", RUN_TIMEOUT);
+    }
+    vm.signal(libc::SIGTERM);
+    let out = vm.wait(Duration::from_secs(10));
+    assert_eq!(out.code(), 0, "{out:#?}");
+    assert!(
+        out.log.matches("guest reset: booting again").count() >= 2,
+        "{}",
+        out.log
+    );
+    assert!(!out.log.contains("error"), "{}", out.log);
+}

@@ -3,7 +3,7 @@
 //! what the guest programs.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use vm_device::{Bus, BusDevice};
 
@@ -86,8 +86,9 @@ struct Slot {
 /// Bus 0 of segment 0.
 pub struct PciRoot {
     slots: BTreeMap<u8, Slot>,
-    mmio: Arc<Bus>,
-    pio: Arc<Bus>,
+    // Weak: the buses hold the configuration access devices, which hold the root.
+    mmio: Weak<Bus>,
+    pio: Weak<Bus>,
 }
 
 /// Slots a guest can use (0 is the host bridge).
@@ -115,7 +116,11 @@ impl PciRoot {
                 mapped: [None; 6],
             },
         );
-        PciRoot { slots, mmio, pio }
+        PciRoot {
+            slots,
+            mmio: Arc::downgrade(&mmio),
+            pio: Arc::downgrade(&pio),
+        }
     }
 
     /// Adds a function at `slot`, function 0, and maps its BARs if decoding is on.
@@ -204,6 +209,9 @@ impl PciRoot {
 
     /// Maps, moves or unmaps BAR windows to match the function's registers.
     fn sync_bars(&mut self, slot_number: u8) {
+        let (Some(mmio), Some(pio)) = (self.mmio.upgrade(), self.pio.upgrade()) else {
+            return;
+        };
         let Some(slot) = self.slots.get_mut(&slot_number) else {
             return;
         };
@@ -217,8 +225,8 @@ impl PciRoot {
         };
         for (bar, addr) in bars.iter().zip(addresses) {
             let (bus, decode) = match bar.kind {
-                BarKind::Io => (&self.pio, command & config::COMMAND_IO != 0),
-                _ => (&self.mmio, command & config::COMMAND_MEMORY != 0),
+                BarKind::Io => (&pio, command & config::COMMAND_IO != 0),
+                _ => (&mmio, command & config::COMMAND_MEMORY != 0),
             };
             let wanted = addr.filter(|a| decode && *a != 0 && a.checked_add(bar.size).is_some());
             let current = slot.mapped[bar.index];
@@ -296,8 +304,8 @@ mod tests {
 
     #[test]
     fn bars_follow_the_guest() {
-        let mmio = Arc::new(Bus::new());
-        let mut root = PciRoot::new(mmio.clone(), Arc::new(Bus::new()));
+        let (mmio, pio) = (Arc::new(Bus::new()), Arc::new(Bus::new()));
+        let mut root = PciRoot::new(mmio.clone(), pio.clone());
         let d = dummy();
         root.add(3, d.clone()).unwrap();
         let bdf = Bdf {
@@ -373,8 +381,8 @@ mod tests {
 
     #[test]
     fn overlapping_bars_stay_unmapped() {
-        let mmio = Arc::new(Bus::new());
-        let mut root = PciRoot::new(mmio.clone(), Arc::new(Bus::new()));
+        let (mmio, pio) = (Arc::new(Bus::new()), Arc::new(Bus::new()));
+        let mut root = PciRoot::new(mmio.clone(), pio.clone());
         root.add(1, dummy()).unwrap();
         let second = dummy();
         root.add(2, second.clone()).unwrap();

@@ -137,12 +137,7 @@ impl Buses {
             PCI_ECAM_SIZE,
         )?;
 
-        let buses = Buses {
-            pio,
-            mmio,
-            pci,
-            power,
-        };
+        let buses = Buses { pio, mmio, pci };
         buses.add_virtio_devices(config, vm, mem, disks, channels)?;
         Ok(buses)
     }
