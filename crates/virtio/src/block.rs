@@ -275,6 +275,10 @@ struct IoPool {
     jobs: Option<std::sync::mpsc::Sender<Job>>,
     done: std::sync::mpsc::Receiver<(u16, u32)>,
     threads: Vec<std::thread::JoinHandle<()>>,
+    /// Set when the pool goes away: queued requests are dropped, not run.
+    abort: Arc<std::sync::atomic::AtomicBool>,
+    /// Requests handed out and not yet put in the used ring.
+    in_flight: usize,
 }
 
 /// I/O threads per queue.
@@ -286,8 +290,10 @@ impl IoPool {
         let (done_tx, done) = std::sync::mpsc::channel();
         let job_rx = Arc::new(std::sync::Mutex::new(job_rx));
         let signal = Arc::new(signal);
+        let abort = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut threads = Vec::new();
         for i in 0..IO_THREADS {
+            let abort = abort.clone();
             let (job_rx, done_tx, signal, executor) = (
                 job_rx.clone(),
                 done_tx.clone(),
@@ -302,6 +308,9 @@ impl IoPool {
                         Err(_) => return,
                     };
                     let Ok(job) = job else { return };
+                    if abort.load(std::sync::atomic::Ordering::Acquire) {
+                        return;
+                    }
                     let used = executor.run(&job.descs);
                     if done_tx.send((job.head, used)).is_err() {
                         return;
@@ -314,13 +323,17 @@ impl IoPool {
             jobs: Some(jobs),
             done,
             threads,
+            abort,
+            in_flight: 0,
         })
     }
 }
 
 impl Drop for IoPool {
     fn drop(&mut self) {
-        // Closing the job channel ends the threads once they finish their request.
+        // Requests still queued are dropped: the driver reset the device or
+        // the VM is going away. Threads finish the request they are running.
+        self.abort.store(true, std::sync::atomic::Ordering::Release);
         self.jobs = None;
         for t in self.threads.drain(..) {
             let _ = t.join();
@@ -334,33 +347,33 @@ struct Request<'a> {
     writable: Vec<VolatileSlice<'a>>,
 }
 
-/// Splits the first `n` bytes off `slices`.
-fn take_front<'a>(
-    slices: &mut Vec<VolatileSlice<'a>>,
-    mut n: usize,
-) -> Option<Vec<VolatileSlice<'a>>> {
-    let mut out = Vec::new();
-    while n > 0 {
-        let first = *slices.first()?;
-        if first.len() <= n {
-            n -= first.len();
-            out.push(slices.remove(0));
-        } else {
-            out.push(first.subslice(0, n).ok()?);
-            slices[0] = first.offset(n).ok()?;
-            n = 0;
+/// Splits the first `n` bytes off `slices` (linear in the number of slices).
+fn take_front<'a>(slices: &mut Vec<VolatileSlice<'a>>, n: usize) -> Option<Vec<VolatileSlice<'a>>> {
+    let mut taken = 0;
+    let mut whole = 0;
+    for s in slices.iter() {
+        if taken + s.len() > n {
+            break;
         }
+        taken += s.len();
+        whole += 1;
     }
-    Some(out)
+    let mut rest = slices.split_off(whole);
+    if taken < n {
+        let first = *rest.first()?;
+        let cut = n - taken;
+        slices.push(first.subslice(0, cut).ok()?);
+        rest[0] = first.offset(cut).ok()?;
+    }
+    Some(std::mem::replace(slices, rest))
 }
 
-/// Splits the last `n` bytes off `slices`.
+/// Splits the last `n` bytes off `slices` (linear in the number of slices).
 fn take_back<'a>(slices: &mut Vec<VolatileSlice<'a>>, n: usize) -> Option<Vec<VolatileSlice<'a>>> {
     let total: usize = slices.iter().map(|s| s.len()).sum();
     let keep = total.checked_sub(n)?;
-    let mut front = take_front(slices, keep)?;
-    std::mem::swap(&mut front, slices);
-    Some(front)
+    let front = take_front(slices, keep)?;
+    Some(std::mem::replace(slices, front))
 }
 
 fn read_bytes(slices: &[VolatileSlice], out: &mut [u8]) -> Option<()> {
@@ -452,8 +465,9 @@ impl Executor {
         match kind {
             T_IN => {
                 let len = len_of(&req.writable);
-                // Data for the guest must be device-writable, and only that.
-                if !req.readable.is_empty() || !range_ok(len) {
+                // Data for the guest must be device-writable, and only that;
+                // the used length (data + status) must fit its u32.
+                if !req.readable.is_empty() || !range_ok(len) || len >= u64::from(u32::MAX) {
                     return (S_IOERR, 0);
                 }
                 if block::read_exact_vectored_at(
@@ -569,16 +583,28 @@ impl RequestQueue {
         let mut done = 0;
         loop {
             self.queue.disable_notification(&self.mem)?;
-            let chains: Vec<_> = self.queue.iter(&self.mem)?.collect();
+            // No more requests in flight than the ring holds: a guest that
+            // reposts heads without waiting cannot grow the backlog.
+            let limit = usize::from(self.queue.size());
+            let room = self
+                .pool
+                .as_ref()
+                .map_or(usize::MAX, |p| limit.saturating_sub(p.in_flight));
+            let chains: Vec<_> = self.queue.iter(&self.mem)?.take(room).collect();
+            let full = chains.len() == room;
             for chain in chains {
                 let job = Job {
                     head: chain.head_index(),
                     descs: collect(chain),
                 };
-                if let Some(jobs) = self.pool.as_ref().and_then(|p| p.jobs.as_ref()) {
-                    if let Err(std::sync::mpsc::SendError(job)) = jobs.send(job) {
-                        self.queue.add_used(&self.mem, job.head, 0)?;
-                        done += 1;
+                if let Some(pool) = self.pool.as_mut() {
+                    match pool.jobs.as_ref().map(|j| j.send(job)) {
+                        Some(Ok(())) => pool.in_flight += 1,
+                        Some(Err(std::sync::mpsc::SendError(job))) => {
+                            self.queue.add_used(&self.mem, job.head, 0)?;
+                            done += 1;
+                        }
+                        None => {}
                     }
                     continue;
                 }
@@ -586,20 +612,25 @@ impl RequestQueue {
                 self.queue.add_used(&self.mem, job.head, used)?;
                 done += 1;
             }
-            if !self.queue.enable_notification(&self.mem)? {
+            // At the in-flight limit, completions resume the queue.
+            if full || !self.queue.enable_notification(&self.mem)? {
                 return Ok(done);
             }
         }
     }
 
-    /// Puts the requests the I/O threads finished in the used ring.
+    /// Puts the requests the I/O threads finished in the used ring, then
+    /// takes requests that waited for room.
     fn complete(&mut self) -> Result<usize, virtio_queue::Error> {
-        let Some(pool) = &self.pool else { return Ok(0) };
+        let Some(pool) = self.pool.as_mut() else {
+            return Ok(0);
+        };
         let finished: Vec<(u16, u32)> = pool.done.try_iter().collect();
+        pool.in_flight = pool.in_flight.saturating_sub(finished.len());
         for (head, used) in &finished {
             self.queue.add_used(&self.mem, *head, *used)?;
         }
-        Ok(finished.len())
+        Ok(finished.len() + self.serve()?)
     }
 }
 
@@ -622,7 +653,7 @@ impl QueueHandler for RequestQueue {
                 }
             }
             Err(e) => {
-                tracing::warn!(
+                tracing::debug!(
                     "virtio-blk: the guest broke request queue {} ({e}); device needs reset",
                     self.index
                 );

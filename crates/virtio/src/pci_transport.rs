@@ -68,6 +68,25 @@ struct QueueRegs {
     used: u64,
 }
 
+/// INTA#: a level-triggered line, high from an interrupt until the driver
+/// reads ISR, and never raised while the command register disables INTx.
+pub struct IntxLine {
+    set_level: Box<dyn Fn(bool) + Send + Sync>,
+    disabled: std::sync::atomic::AtomicBool,
+}
+
+impl IntxLine {
+    fn raise(&self) {
+        if !self.disabled.load(Ordering::SeqCst) {
+            (self.set_level)(true);
+        }
+    }
+
+    fn lower(&self) {
+        (self.set_level)(false);
+    }
+}
+
 /// Interrupt delivery shared by the transport and the device's workers.
 struct PciInterrupt {
     msix: Arc<Mutex<MsixTable>>,
@@ -76,7 +95,7 @@ struct PciInterrupt {
     status: Arc<AtomicU8>,
     queue_vectors: Vec<u16>,
     config_vector: u16,
-    intx: Option<Arc<EventFd>>,
+    intx: Option<Arc<IntxLine>>,
 }
 
 impl PciInterrupt {
@@ -88,7 +107,7 @@ impl PciInterrupt {
             drop(msix);
             self.isr.fetch_or(isr_bit, Ordering::SeqCst);
             if let Some(line) = &self.intx {
-                let _ = line.write(1);
+                line.raise();
             }
             return;
         }
@@ -134,7 +153,7 @@ pub struct VirtioPci<D: VirtioDevice> {
     ioevents: Arc<dyn IoEventRegistrar>,
     notify_events: Vec<EventFd>,
     bar_addr: Option<u64>,
-    intx: Option<Arc<EventFd>>,
+    intx: Option<Arc<IntxLine>>,
     isr: Arc<AtomicU8>,
     status: Arc<AtomicU8>,
     device_feature_select: u32,
@@ -224,11 +243,14 @@ impl<D: VirtioDevice> VirtioPci<D> {
         })
     }
 
-    /// Wires INTA# to `line` (an irqfd of interrupt `irq`) for drivers that
-    /// do not enable MSI-X; `irq` is reported in the interrupt line register.
-    pub fn set_intx(&mut self, line: EventFd, irq: u8) {
+    /// Wires INTA# to `set_level` (which drives interrupt `irq`) for drivers
+    /// that do not enable MSI-X; `irq` is reported in the interrupt line register.
+    pub fn set_intx(&mut self, set_level: Box<dyn Fn(bool) + Send + Sync>, irq: u8) {
         self.config.write(pci::config::reg::INTERRUPT_LINE, &[irq]);
-        self.intx = Some(Arc::new(line));
+        self.intx = Some(Arc::new(IntxLine {
+            set_level,
+            disabled: std::sync::atomic::AtomicBool::new(false),
+        }));
     }
 
     fn selected(&mut self) -> Option<&mut QueueRegs> {
@@ -291,7 +313,8 @@ impl<D: VirtioDevice> VirtioPci<D> {
             q.set_event_idx(self.driver_features & crate::features::RING_EVENT_IDX != 0);
             q.set_ready(true);
             if !q.is_valid(&self.mem) {
-                tracing::warn!(
+                // Guest-triggered: debug level, so a looping guest cannot flood the log.
+                tracing::debug!(
                     "virtio: queue {i} is not valid in guest memory; device needs reset"
                 );
                 self.status.fetch_or(status::NEEDS_RESET, Ordering::SeqCst);
@@ -320,7 +343,9 @@ impl<D: VirtioDevice> VirtioPci<D> {
         match self.device.activate(set) {
             Ok(()) => self.active = true,
             Err(e) => {
-                tracing::warn!("virtio: activation failed: {e}");
+                tracing::debug!("virtio: activation failed: {e}");
+                // Queues that did start must not keep running beside a retry.
+                self.device.reset();
                 self.status.fetch_or(status::NEEDS_RESET, Ordering::SeqCst);
             }
         }
@@ -477,6 +502,13 @@ impl<D: VirtioDevice> PciDevice for VirtioPci<D> {
     }
 
     fn config_written(&mut self, offset: usize, len: usize) {
+        if let Some(line) = &self.intx {
+            let disabled = self.config.command() & pci::config::COMMAND_INTX_DISABLE != 0;
+            line.disabled.store(disabled, Ordering::SeqCst);
+            if disabled {
+                line.lower();
+            }
+        }
         let control_at = self.msix_cap + 2;
         if offset < control_at + 2 && offset + len > control_at {
             let b = self.config.bytes(control_at, 2);
@@ -500,6 +532,10 @@ impl<D: VirtioDevice> PciDevice for VirtioPci<D> {
             layout::ISR => {
                 if let Some(b) = data.first_mut() {
                     *b = self.isr.swap(0, Ordering::SeqCst);
+                    // Reading ISR acknowledges the interrupt: the line goes low.
+                    if let Some(line) = &self.intx {
+                        line.lower();
+                    }
                 }
             }
             o if (layout::DEVICE..layout::DEVICE + layout::DEVICE_SIZE).contains(&o) => {

@@ -116,7 +116,7 @@ impl QueueHandler for RequestQueue {
                 }
             }
             Err(e) => {
-                tracing::warn!(
+                tracing::debug!(
                     "virtio-rng: the guest broke the request queue ({e}); device needs reset"
                 );
                 self.broken = true;

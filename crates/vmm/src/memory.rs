@@ -53,8 +53,8 @@ pub fn register(vm: &Vm, mem: &GuestMemory) -> Result<(), Error> {
         let host = region
             .get_host_address(MemoryRegionAddress(0))
             .map_err(|e| Error::Internal(format!("guest RAM region without host mapping: {e}")))?;
-        // SAFETY: the mapping belongs to `mem`, which the VM instance keeps
-        // alive until after the VM file descriptor is closed.
+        // SAFETY: the mapping belongs to `mem`; `run_instance` drops the
+        // devices and the VM before `mem`, so no slot outlives its memory.
         unsafe {
             vm.map_memory(
                 slot as u32,

@@ -43,7 +43,10 @@ fn insert(bus: &Bus, device: SharedDevice, base: u64, len: u64) -> Result<(), Er
 }
 
 /// Builds a PCI device once its BAR address is known.
-type MakeDevice = Box<dyn FnOnce(u64, (EventFd, u8)) -> std::io::Result<SharedPciDevice>>;
+type MakeDevice = Box<dyn FnOnce(u64, (IntxSetter, u8)) -> std::io::Result<SharedPciDevice>>;
+
+/// Drives a PCI INTx line's level.
+type IntxSetter = Box<dyn Fn(bool) + Send + Sync>;
 
 /// A [`MakeDevice`] for virtio device `device` behind the PCI transport.
 fn virtio_device<D: virtio::VirtioDevice + 'static>(
@@ -222,9 +225,12 @@ impl Buses {
                 .ok_or_else(|| Error::Internal("PCI MMIO window full".into()))?;
             // INTA# of the slot, routed as the DSDT's _PRT says.
             let gsi = arch::acpi::pci_intx_gsi(slot, 0);
-            let line = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)
-                .map_err(Error::io("creating an INTx eventfd"))?;
-            vm.register_irqfd(&line, gsi)?;
+            let line_vm = vm.clone();
+            let line: IntxSetter = Box::new(move |level| {
+                if let Err(e) = line_vm.set_irq_line(gsi, level) {
+                    tracing::debug!("INTx GSI {gsi}: {e}");
+                }
+            });
             let device =
                 make(bar, (line, gsi as u8)).map_err(Error::io("creating a virtio device"))?;
             root.add(slot, device)

@@ -330,6 +330,11 @@ fn run_instance(
             total.saturating_sub(guest)
         );
     }
+    // Devices (and their workers) first, then the VM and its memory slots,
+    // and only then the guest RAM the slots point at.
+    drop((pio, mmio, buses));
+    drop(vm);
+    drop(mem);
     end
 }
 
