@@ -146,9 +146,13 @@ impl PciRoot {
             return;
         };
         let command = config::COMMAND_MEMORY | config::COMMAND_IO | config::COMMAND_BUS_MASTER;
-        lock(&s.device)
-            .config_mut()
-            .write(config::reg::COMMAND, &command.to_le_bytes());
+        {
+            let mut device = lock(&s.device);
+            device
+                .config_mut()
+                .write(config::reg::COMMAND, &command.to_le_bytes());
+            device.config_written(config::reg::COMMAND, 2);
+        }
         self.sync_bars(slot);
     }
 

@@ -94,7 +94,10 @@ struct PciInterrupt {
     isr: Arc<AtomicU8>,
     status: Arc<AtomicU8>,
     queue_vectors: Vec<u16>,
-    config_vector: u16,
+    /// The configuration-change vector; the driver may change it while running.
+    config_vector: Arc<std::sync::atomic::AtomicU16>,
+    /// Bus mastering: without it the function sends no MSI.
+    bus_master: Arc<std::sync::atomic::AtomicBool>,
     intx: Option<Arc<IntxLine>>,
 }
 
@@ -117,7 +120,10 @@ impl PciInterrupt {
         let delivery = msix.deliver(vector);
         drop(msix);
         if let Delivery::Send(msg) = delivery {
-            self.sender.send(vector, msg);
+            // An MSI is a memory write by the device: only with bus mastering on.
+            if self.bus_master.load(Ordering::SeqCst) {
+                self.sender.send(vector, msg);
+            }
         }
     }
 }
@@ -133,7 +139,7 @@ impl Interrupt for PciInterrupt {
     }
 
     fn notify_config(&self) {
-        self.send(self.config_vector, 2);
+        self.send(self.config_vector.load(Ordering::SeqCst), 2);
     }
 
     fn needs_reset(&self) {
@@ -154,6 +160,8 @@ pub struct VirtioPci<D: VirtioDevice> {
     notify_events: Vec<EventFd>,
     bar_addr: Option<u64>,
     intx: Option<Arc<IntxLine>>,
+    config_vector: Arc<std::sync::atomic::AtomicU16>,
+    bus_master: Arc<std::sync::atomic::AtomicBool>,
     isr: Arc<AtomicU8>,
     status: Arc<AtomicU8>,
     device_feature_select: u32,
@@ -231,6 +239,8 @@ impl<D: VirtioDevice> VirtioPci<D> {
             notify_events,
             bar_addr: None,
             intx: None,
+            config_vector: Arc::new(std::sync::atomic::AtomicU16::new(NO_VECTOR)),
+            bus_master: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             isr: Arc::new(AtomicU8::new(0)),
             status: Arc::new(AtomicU8::new(0)),
             device_feature_select: 0,
@@ -264,6 +274,7 @@ impl<D: VirtioDevice> VirtioPci<D> {
         self.isr.store(0, Ordering::SeqCst);
         self.driver_features = 0;
         self.msix_config = NO_VECTOR;
+        self.config_vector.store(NO_VECTOR, Ordering::SeqCst);
         for q in &mut self.queues {
             *q = QueueRegs {
                 size: q.max_size,
@@ -331,7 +342,8 @@ impl<D: VirtioDevice> VirtioPci<D> {
             isr: self.isr.clone(),
             status: self.status.clone(),
             queue_vectors: self.queues.iter().map(|q| q.msix_vector).collect(),
-            config_vector: self.msix_config,
+            config_vector: self.config_vector.clone(),
+            bus_master: self.bus_master.clone(),
             intx: self.intx.clone(),
         });
         let set = QueueSet {
@@ -416,7 +428,10 @@ impl<D: VirtioDevice> VirtioPci<D> {
                 1 => self.driver_features = (self.driver_features & 0xffff_ffff) | (v << 32),
                 _ => {}
             },
-            (0x10, 2) => self.msix_config = vector(v),
+            (0x10, 2) => {
+                self.msix_config = vector(v);
+                self.config_vector.store(self.msix_config, Ordering::SeqCst);
+            }
             (0x14, 1) => self.write_status(v as u8),
             (0x16, 2) => self.queue_select = v as u16,
             _ if running => {} // queue registers are frozen while the device runs
@@ -458,6 +473,9 @@ impl<D: VirtioDevice> VirtioPci<D> {
     }
 
     fn send_all(&self, messages: Vec<(u16, MsiMessage)>) {
+        if !self.bus_master.load(Ordering::SeqCst) {
+            return;
+        }
         for (vector, msg) in messages {
             self.sender.send(vector, msg);
         }
@@ -502,6 +520,11 @@ impl<D: VirtioDevice> PciDevice for VirtioPci<D> {
     }
 
     fn config_written(&mut self, offset: usize, len: usize) {
+        let command = self.config.command();
+        self.bus_master.store(
+            command & pci::config::COMMAND_BUS_MASTER != 0,
+            Ordering::SeqCst,
+        );
         if let Some(line) = &self.intx {
             let disabled = self.config.command() & pci::config::COMMAND_INTX_DISABLE != 0;
             line.disabled.store(disabled, Ordering::SeqCst);
@@ -606,5 +629,157 @@ impl<D: VirtioDevice> PciDevice for VirtioPci<D> {
             }
         }
         self.bar_addr = addr;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::GuestAddress;
+
+    struct NoMsi;
+    impl MsiSender for NoMsi {
+        fn send(&self, _: u16, _: MsiMessage) {}
+    }
+
+    struct NoIoEvents;
+    impl IoEventRegistrar for NoIoEvents {
+        fn register(&self, _: &EventFd, _: u64) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn unregister(&self, _: &EventFd, _: u64) {}
+    }
+
+    fn transport() -> VirtioPci<crate::rng::Rng> {
+        let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        VirtioPci::new(
+            crate::rng::Rng::new(),
+            mem,
+            0xc000_0000,
+            Arc::new(NoMsi),
+            Arc::new(NoIoEvents),
+        )
+        .unwrap()
+    }
+
+    fn read(t: &mut VirtioPci<crate::rng::Rng>, offset: u64, len: usize) -> u64 {
+        let mut b = vec![0u8; len];
+        t.bar_read(0, offset, &mut b);
+        b.iter().rev().fold(0, |acc, x| (acc << 8) | u64::from(*x))
+    }
+
+    fn write(t: &mut VirtioPci<crate::rng::Rng>, offset: u64, len: usize, v: u64) {
+        t.bar_write(0, offset, &v.to_le_bytes()[..len]);
+    }
+
+    #[test]
+    fn common_configuration_semantics() {
+        let mut t = transport();
+        assert_eq!(read(&mut t, 0x12, 2), 1, "num_queues");
+        write(&mut t, 0x00, 4, 1);
+        assert_eq!(
+            read(&mut t, 0x04, 4),
+            1,
+            "VERSION_1 in the high feature word"
+        );
+        assert_eq!(
+            read(&mut t, 0x18, 2),
+            256,
+            "queue_size reads back the maximum"
+        );
+        write(&mut t, 0x18, 2, 100);
+        assert_eq!(
+            read(&mut t, 0x18, 2),
+            256,
+            "a size that is not a power of two is ignored"
+        );
+        write(&mut t, 0x18, 2, 64);
+        assert_eq!(read(&mut t, 0x18, 2), 64);
+        write(&mut t, 0x16, 2, 7);
+        assert_eq!(read(&mut t, 0x18, 2), 0, "an absent queue reads as zero");
+        write(&mut t, 0x1a, 2, 99);
+        write(&mut t, 0x16, 2, 0);
+        write(&mut t, 0x1a, 2, 5);
+        assert_eq!(
+            read(&mut t, 0x1a, 2),
+            u64::from(NO_VECTOR),
+            "vectors past the table are refused"
+        );
+        write(&mut t, 0x20, 8, 0x1234_5000);
+        assert_eq!(read(&mut t, 0x20, 4), 0x1234_5000);
+        write(&mut t, 0x14, 1, 0);
+        assert_eq!(
+            read(&mut t, 0x18, 2),
+            256,
+            "reset restores the queue registers"
+        );
+        assert_eq!(read(&mut t, 0x20, 4), 0);
+    }
+
+    #[test]
+    fn features_ok_refuses_what_was_not_offered() {
+        let mut t = transport();
+        write(
+            &mut t,
+            0x14,
+            1,
+            u64::from(status::ACKNOWLEDGE | status::DRIVER),
+        );
+        // Without VERSION_1.
+        write(&mut t, 0x08, 4, 0);
+        write(&mut t, 0x0c, 4, 0);
+        write(
+            &mut t,
+            0x14,
+            1,
+            u64::from(status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK),
+        );
+        assert_eq!(read(&mut t, 0x14, 1) & u64::from(status::FEATURES_OK), 0);
+        // VERSION_1 plus a bit the device does not offer.
+        write(&mut t, 0x08, 4, 1);
+        write(&mut t, 0x0c, 4, 1 | (1 << 20));
+        write(
+            &mut t,
+            0x14,
+            1,
+            u64::from(status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK),
+        );
+        assert_eq!(read(&mut t, 0x14, 1) & u64::from(status::FEATURES_OK), 0);
+        write(&mut t, 0x0c, 4, 1);
+        write(
+            &mut t,
+            0x14,
+            1,
+            u64::from(status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK),
+        );
+        assert_ne!(read(&mut t, 0x14, 1) & u64::from(status::FEATURES_OK), 0);
+    }
+
+    #[test]
+    fn hostile_bar_accesses_are_harmless() {
+        let mut t = transport();
+        for offset in [
+            0u64,
+            1,
+            0x37,
+            0x38,
+            0xfff,
+            0x1000,
+            0x2fff,
+            0x3000,
+            0x3ffc,
+            0x4000,
+            0x5fff,
+            0x6000,
+            0x7fff,
+            u64::MAX,
+        ] {
+            for len in [0usize, 1, 2, 3, 4, 8] {
+                let mut b = vec![0xaa; len];
+                t.bar_read(0, offset, &mut b);
+                t.bar_write(0, offset, &b);
+                t.bar_read(3, offset, &mut b);
+            }
+        }
     }
 }
