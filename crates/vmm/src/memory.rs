@@ -81,9 +81,13 @@ pub fn resident_kib(mem: &GuestMemory) -> Option<(u64, u64)> {
                 guest += kib;
             }
         } else if let Some((range, _)) = line.split_once(' ') {
-            if let Some((start, _)) = range.split_once('-') {
-                if let Ok(start) = u64::from_str_radix(start, 16) {
-                    in_guest = ranges.iter().any(|(s, l)| start >= *s && start < s + l);
+            // A mapping header: "start-end perms ...". The kernel may merge
+            // guest RAM with a neighbouring anonymous mapping, so overlap counts.
+            if let Some((start, end)) = range.split_once('-') {
+                if let (Ok(start), Ok(end)) =
+                    (u64::from_str_radix(start, 16), u64::from_str_radix(end, 16))
+                {
+                    in_guest = ranges.iter().any(|(s, l)| start < s + l && end > *s);
                 }
             }
         }
