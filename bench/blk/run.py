@@ -27,13 +27,13 @@ import mmap
 import os
 import platform
 import re
-import signal
-import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from benchlib import fmt, fmt_ratio, median, ratio, run_process  # noqa: E402
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 
@@ -102,26 +102,6 @@ def vmm_command(vmm, args, image, cmdline):
             "-kernel", args.probe, "-append", cmdline]
 
 
-class Reader(threading.Thread):
-    """Drains a pipe."""
-
-    def __init__(self, fd):
-        super().__init__(daemon=True)
-        self.fd = fd
-        self.data = bytearray()
-
-    def run(self):
-        while True:
-            try:
-                chunk = os.read(self.fd, 65536)
-            except OSError:
-                break
-            if not chunk:
-                break
-            self.data += chunk
-        os.close(self.fd)
-
-
 def run_vmm(vmm, args, image, row):
     cmdline = guest_cmdline(args, row)
     cmd = vmm_command(vmm, args, image, cmdline)
@@ -129,41 +109,13 @@ def run_vmm(vmm, args, image, row):
               "mib_s": None, "iops": None, "ns": None, "bytes": None,
               "irqs": None, "notifies": None, "halts": None, "wall_ms": None,
               "cmdline": cmdline, "error": None}
-    out_r, out_w = os.pipe()
-    err_r, err_w = os.pipe()
-    try:
-        t0 = time.perf_counter_ns()
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out_w,
-                                stderr=err_w, close_fds=True)
-    except OSError as e:
-        os.close(out_r)
-        os.close(err_r)
-        result["error"] = f"spawn failed: {e}"
+    run = run_process(cmd, args.timeout)
+    if run.error:
+        result["error"] = run.error
         return result
-    finally:
-        os.close(out_w)
-        os.close(err_w)
-    out, err = Reader(out_r), Reader(err_r)
-    out.start()
-    err.start()
-    timed_out = threading.Event()
-
-    def kill():
-        timed_out.set()
-        try:
-            os.kill(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-    timer = threading.Timer(args.timeout, kill)
-    timer.start()
-    status = proc.wait()
-    result["wall_ms"] = (time.perf_counter_ns() - t0) / 1e6
-    timer.cancel()
-    out.join(5)
-    err.join(5)
-    result["status"] = status
-    data = bytes(out.data)
+    result["wall_ms"] = run.wall_ms
+    result["status"] = run.status
+    data = bytes(run.out.data)
     m = RESULT_LINE.search(data)
     if m:
         result["ns"] = int(m.group(5))
@@ -174,17 +126,17 @@ def run_vmm(vmm, args, image, row):
     if s:
         result["irqs"], result["notifies"], result["halts"] = (
             int(s.group(2)), int(s.group(3)), int(s.group(4)))
-    if timed_out.is_set():
+    if run.timed_out:
         result["error"] = f"timeout after {args.timeout:g} s"
-    elif status != GOOD_STATUS:
-        result["error"] = f"exit status {status}, expected {GOOD_STATUS}"
+    elif run.status != GOOD_STATUS:
+        result["error"] = f"exit status {run.status}, expected {GOOD_STATUS}"
     elif not m or b"probe: PASS" not in data:
         result["error"] = "no result line and PASS on the serial console"
     else:
         result["ok"] = True
     if not result["ok"]:
         result["output_tail"] = (data[-400:] + b"\n--- stderr ---\n" +
-                                 bytes(err.data)[-400:]).decode("utf-8", "replace")
+                                 bytes(run.err.data)[-400:]).decode("utf-8", "replace")
     return result
 
 
@@ -250,23 +202,6 @@ def make_image(path, size):
             f.write(chunk)
         f.flush()
         os.fsync(f.fileno())
-
-
-def median(values):
-    values = [v for v in values if v is not None]
-    return statistics.median(values) if values else None
-
-
-def fmt(v, digits=1):
-    return "-" if v is None else f"{v:.{digits}f}"
-
-
-def fmt_ratio(v):
-    return "-" if v is None else f"{v:.3g}"
-
-
-def ratio(a, b):
-    return None if a is None or not b else a / b
 
 
 def row_label(row):

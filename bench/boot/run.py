@@ -25,12 +25,12 @@ import json
 import os
 import platform
 import re
-import signal
-import statistics
 import subprocess
 import sys
-import threading
 import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from benchlib import fmt, fmt_ratio, median, ratio, run_process  # noqa: E402
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 
@@ -74,150 +74,38 @@ def vmm_command(vmm, args, kernel, cmdline):
     return cmd
 
 
-class Reader(threading.Thread):
-    """Drains a pipe, recording when each chunk arrived."""
-
-    def __init__(self, fd):
-        super().__init__(daemon=True)
-        self.fd = fd
-        self.data = bytearray()
-        self.chunks = []  # (offset of the chunk's first byte, perf_counter_ns)
-
-    def run(self):
-        while True:
-            try:
-                chunk = os.read(self.fd, 65536)
-            except OSError:
-                break
-            now = time.perf_counter_ns()
-            if not chunk:
-                break
-            self.chunks.append((len(self.data), now))
-            self.data += chunk
-        os.close(self.fd)
-
-    def arrival_ns(self, offset):
-        """When the byte at `offset` arrived."""
-        when = None
-        for start, t in self.chunks:
-            if start > offset:
-                break
-            when = t
-        return when
-
-
-class HighWaterMark(threading.Thread):
-    """Samples /proc/PID/status VmHWM (peak RSS of the exec'ed image) until the process exits."""
-
-    def __init__(self, pid):
-        super().__init__(daemon=True)
-        self.pid = pid
-        self.kib = None
-
-    def run(self):
-        path = f"/proc/{self.pid}/status"
-        while True:
-            try:
-                with open(path) as f:
-                    text = f.read()
-            except OSError:
-                return
-            m = re.search(r"VmHWM:\s+(\d+) kB", text)
-            if not m:
-                return  # a zombie has no memory lines: it exited
-            self.kib = int(m.group(1))
-            time.sleep(0.0005)
-
-
 def run_once(vmm, args, guest, kernel):
     g = GUESTS[guest]
     cmd = vmm_command(vmm, args, kernel, g["cmdline"])
-    out_r, out_w = os.pipe()
-    err_r, err_w = os.pipe()
     result = {"guest": guest, "vmm": vmm, "ok": False, "status": None,
               "first_ms": None, "exit_ms": None, "rss_kib": None,
               "own_kib": None, "guest_kib": None, "error": None}
-    try:
-        t0 = time.perf_counter_ns()
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out_w,
-                                stderr=err_w, close_fds=True)
-    except OSError as e:
-        os.close(out_r)
-        os.close(err_r)
-        result["error"] = f"spawn failed: {e}"
+    run = run_process(cmd, args.timeout)
+    if run.error:
+        result["error"] = run.error
         return result
-    finally:
-        os.close(out_w)
-        os.close(err_w)
-
-    out, err = Reader(out_r), Reader(err_r)
-    out.start()
-    err.start()
-    timed_out = threading.Event()
-
-    def kill():
-        timed_out.set()
-        try:
-            os.kill(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-    timer = threading.Timer(args.timeout, kill)
-    timer.start()
-    hwm = HighWaterMark(proc.pid)
-    hwm.start()
-    _, wstatus, rusage = os.wait4(proc.pid, 0)
-    t_exit = time.perf_counter_ns()
-    timer.cancel()
-    proc.returncode = os.waitstatus_to_exitcode(wstatus)  # reaped: keep Popen quiet
-    out.join(5)
-    err.join(5)
-
-    status = proc.returncode
-    result["status"] = status
-    result["exit_ms"] = (t_exit - t0) / 1e6
-    hwm.join(5)
-    # ru_maxrss would include the forking Python's own RSS (it is carried over
-    # exec), so the peak comes from the child's VmHWM, sampled until it exits.
-    result["rss_kib"] = hwm.kib
-    pos = bytes(out.data).find(g["expect"])
-    if pos >= 0:
-        result["first_ms"] = (out.arrival_ns(pos) - t0) / 1e6
-    m = MEMORY_LINE.search(bytes(err.data))
+    result["status"] = run.status
+    result["exit_ms"] = run.wall_ms
+    result["rss_kib"] = run.rss_kib
+    result["first_ms"] = run.ms_until(g["expect"])
+    m = MEMORY_LINE.search(bytes(run.err.data))
     if m:
         result["own_kib"] = int(m.group(3))
         result["guest_kib"] = int(m.group(2))
 
-    if timed_out.is_set():
+    if run.timed_out:
         result["error"] = f"timeout after {args.timeout:g} s"
-    elif status not in g["statuses"]:
-        result["error"] = f"exit status {status}, expected {g['statuses']}"
-    elif pos < 0:
+    elif run.status not in g["statuses"]:
+        result["error"] = f"exit status {run.status}, expected {g['statuses']}"
+    elif result["first_ms"] is None:
         result["error"] = f"no {g['expect'].decode()!r} on the serial console"
     else:
         result["ok"] = True
     if not result["ok"]:
-        tail = (bytes(out.data)[-300:] + b"\n--- stderr ---\n" +
-                bytes(err.data)[-300:]).decode("utf-8", "replace")
+        tail = (bytes(run.out.data)[-300:] + b"\n--- stderr ---\n" +
+                bytes(run.err.data)[-300:]).decode("utf-8", "replace")
         result["output_tail"] = tail
     return result
-
-
-def median(values):
-    values = [v for v in values if v is not None]
-    return statistics.median(values) if values else None
-
-
-def fmt(v, digits=1):
-    return "-" if v is None else f"{v:.{digits}f}"
-
-
-def fmt_ratio(v):
-    return "-" if v is None else f"{v:.3g}"
-
-
-def ratio(a, b):
-    return None if a is None or not b else a / b
 
 
 def build_pvh_hello(outdir):
