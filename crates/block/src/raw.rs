@@ -130,6 +130,47 @@ impl RawFile {
         }
     }
 
+    /// One preadv/pwritev (`call`) over up to IOV_MAX guest memory slices.
+    fn transfer(
+        &self,
+        bufs: &[VolatileSlice],
+        offset: u64,
+        call: unsafe extern "C" fn(
+            libc::c_int,
+            *const libc::iovec,
+            libc::c_int,
+            libc::off_t,
+        ) -> libc::ssize_t,
+    ) -> io::Result<usize> {
+        let guards: Vec<_> = bufs
+            .iter()
+            .take(IOV_MAX)
+            .map(|b| b.ptr_guard_mut())
+            .collect();
+        let iovs: Vec<libc::iovec> = guards
+            .iter()
+            .zip(bufs)
+            .map(|(g, b)| libc::iovec {
+                iov_base: g.as_ptr().cast(),
+                iov_len: b.len(),
+            })
+            .collect();
+        // SAFETY: `call` is preadv or pwritev on our descriptor; each iovec
+        // covers a guest memory slice that its guard keeps mapped for the call.
+        let r = unsafe {
+            call(
+                self.file.as_raw_fd(),
+                iovs.as_ptr(),
+                iovs.len() as libc::c_int,
+                offset as libc::off_t,
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(r as usize)
+    }
+
     fn check_writable(&self) -> io::Result<()> {
         if self.read_only {
             return Err(io::Error::new(
@@ -192,60 +233,12 @@ impl DiskFile for RawFile {
     }
 
     fn read_vectored_at(&self, bufs: &[VolatileSlice], offset: u64) -> io::Result<usize> {
-        let guards: Vec<_> = bufs
-            .iter()
-            .take(IOV_MAX)
-            .map(|b| b.ptr_guard_mut())
-            .collect();
-        let iovs: Vec<libc::iovec> = guards
-            .iter()
-            .zip(bufs)
-            .map(|(g, b)| libc::iovec {
-                iov_base: g.as_ptr().cast(),
-                iov_len: b.len(),
-            })
-            .collect();
-        // SAFETY: each iovec covers a guest memory slice kept mapped by its
-        // guard for the duration of the call.
-        let r = unsafe {
-            libc::preadv(
-                self.file.as_raw_fd(),
-                iovs.as_ptr(),
-                iovs.len() as libc::c_int,
-                offset as libc::off_t,
-            )
-        };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(r as usize)
+        self.transfer(bufs, offset, libc::preadv)
     }
 
     fn write_vectored_at(&self, bufs: &[VolatileSlice], offset: u64) -> io::Result<usize> {
         self.check_writable()?;
-        let guards: Vec<_> = bufs.iter().take(IOV_MAX).map(|b| b.ptr_guard()).collect();
-        let iovs: Vec<libc::iovec> = guards
-            .iter()
-            .zip(bufs)
-            .map(|(g, b)| libc::iovec {
-                iov_base: g.as_ptr() as *mut libc::c_void,
-                iov_len: b.len(),
-            })
-            .collect();
-        // SAFETY: each iovec covers a guest memory slice kept mapped by its
-        // guard for the duration of the call; pwritev only reads them.
-        let r = unsafe {
-            libc::pwritev(
-                self.file.as_raw_fd(),
-                iovs.as_ptr(),
-                iovs.len() as libc::c_int,
-                offset as libc::off_t,
-            )
-        };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(r as usize)
+        self.transfer(bufs, offset, libc::pwritev)
     }
 
     fn flush(&self) -> io::Result<()> {
@@ -346,6 +339,33 @@ mod tests {
             disk.read_at(&slice.subslice(0, 16).unwrap(), 1 << 20)
                 .unwrap(),
             0,
+            "end of file"
+        );
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn vectored_transfers_cross_slices() {
+        let (path, _f) = temp_file(1 << 16);
+        let disk = RawFile::open(&path, OpenOptions::default()).unwrap();
+        let (mut a, mut b) = (vec![1u8; 700], vec![2u8; 324]);
+        let bufs = [
+            VolatileSlice::from(&mut a[..]),
+            VolatileSlice::from(&mut b[..]),
+        ];
+        crate::write_all_vectored_at(&disk, &bufs, 512).unwrap();
+        let (mut x, mut y) = (vec![0u8; 100], vec![0u8; 924]);
+        let back = [
+            VolatileSlice::from(&mut x[..]),
+            VolatileSlice::from(&mut y[..]),
+        ];
+        crate::read_exact_vectored_at(&disk, &back, 512).unwrap();
+        assert!(x.iter().all(|v| *v == 1));
+        assert!(y[..600].iter().all(|v| *v == 1) && y[600..].iter().all(|v| *v == 2));
+        let mut tail = [0u8; 16];
+        let past = [VolatileSlice::from(&mut tail[..])];
+        assert!(
+            crate::read_exact_vectored_at(&disk, &past, (1 << 16) - 8).is_err(),
             "end of file"
         );
         std::fs::remove_file(path).unwrap();
