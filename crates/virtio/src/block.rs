@@ -936,6 +936,132 @@ mod tests {
         assert_eq!(s, S_OK);
     }
 
+    /// A disk whose reads wait until the test opens the gate.
+    struct GatedDisk {
+        inner: Arc<dyn DiskFile>,
+        gate: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+    }
+
+    impl DiskFile for GatedDisk {
+        fn size(&self) -> u64 {
+            self.inner.size()
+        }
+        fn read_only(&self) -> bool {
+            false
+        }
+        fn topology(&self) -> block::Topology {
+            self.inner.topology()
+        }
+        fn read_at(&self, buf: &VolatileSlice, offset: u64) -> std::io::Result<usize> {
+            self.inner.read_at(buf, offset)
+        }
+        fn write_at(&self, buf: &VolatileSlice, offset: u64) -> std::io::Result<usize> {
+            self.inner.write_at(buf, offset)
+        }
+        fn read_vectored_at(&self, bufs: &[VolatileSlice], offset: u64) -> std::io::Result<usize> {
+            let (lock, open) = &*self.gate;
+            let mut is_open = lock.lock().unwrap();
+            while !*is_open {
+                is_open = open.wait(is_open).unwrap();
+            }
+            drop(is_open);
+            self.inner.read_vectored_at(bufs, offset)
+        }
+        fn write_vectored_at(&self, bufs: &[VolatileSlice], offset: u64) -> std::io::Result<usize> {
+            self.inner.write_vectored_at(bufs, offset)
+        }
+        fn flush(&self) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn discard(&self, offset: u64, len: u64) -> std::io::Result<()> {
+            self.inner.discard(offset, len)
+        }
+        fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> std::io::Result<()> {
+            self.inner.write_zeroes(offset, len, unmap)
+        }
+    }
+
+    /// A guest that reposts requests without waiting for completions cannot
+    /// put more in flight than the ring holds; the rest waits in the ring.
+    #[test]
+    fn requests_in_flight_are_bounded_by_the_ring() {
+        let mem = memory();
+        let (_f, inner) = disk(false);
+        let gate = Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+        /// Opens the gate when dropped, so a failing assertion cannot leave
+        /// I/O threads blocked while the pool joins them.
+        struct OpenOnDrop(Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>);
+        impl Drop for OpenOnDrop {
+            fn drop(&mut self) {
+                *self.0 .0.lock().unwrap_or_else(|p| p.into_inner()) = true;
+                self.0 .1.notify_all();
+            }
+        }
+        let d: Arc<dyn DiskFile> = Arc::new(GatedDisk {
+            inner,
+            gate: gate.clone(),
+        });
+        let mock = MockSplitQueue::new(&mem, 16);
+        header(&mem, T_IN, 0);
+        let chain: Vec<RawDescriptor> = (0..5u16)
+            .flat_map(|c| {
+                let base = c * 3;
+                [
+                    desc(HDR, 16, NEXT, base + 1),
+                    desc(DATA + u64::from(c) * 0x1000, 512, WRITE | NEXT, base + 2),
+                    desc(STATUS + u64::from(c), 1, WRITE, 0),
+                ]
+            })
+            .collect();
+        mock.add_desc_chains(&chain, 0).unwrap();
+        let executor = Executor {
+            mem: mem.clone(),
+            disk: d,
+            read_only: false,
+            discard: true,
+            serial: String::new(),
+        };
+        let signal = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let pool = IoPool::new(&executor, "test", signal.try_clone().unwrap()).unwrap();
+        let mut rq = RequestQueue {
+            index: 0,
+            mem: mem.clone(),
+            queue: mock.create_queue().unwrap(),
+            interrupt: Arc::new(Counter::default()),
+            executor,
+            pool: Some(pool),
+            broken: false,
+        };
+        // Declared after `rq`: dropped first, so the pool can join its threads.
+        let _open = OpenOnDrop(gate.clone());
+        rq.process(0);
+        for _ in 0..3 {
+            mock.add_desc_chains(&chain, 0).unwrap();
+            rq.process(0);
+        }
+        assert_eq!(
+            rq.pool.as_ref().unwrap().in_flight,
+            16,
+            "20 posted, 16 taken"
+        );
+        assert_eq!(rq.queue.next_avail(), 16);
+        // Open the gate: completions make room and the waiting 4 are taken.
+        *gate.0.lock().unwrap() = true;
+        gate.1.notify_all();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while rq.queue.next_avail() < 20 || rq.pool.as_ref().unwrap().in_flight > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "requests did not drain"
+            );
+            let _ = signal.read();
+            rq.process(1);
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let used: u16 = mem.read_obj(mock.used_addr().unchecked_add(2)).unwrap();
+        assert_eq!(used, 20, "every request completed exactly once");
+    }
+
     #[test]
     fn config_space_reports_geometry() {
         let (_f, d) = disk(false);
