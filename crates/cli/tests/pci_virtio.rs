@@ -189,3 +189,24 @@ fn virtio_rng_falls_back_to_intx() {
         Some("17")
     );
 }
+
+/// The guest's ACPI reboot: the FADT's reset register (0xCF9, which shares
+/// the PCI configuration ports) with its reset value.
+#[test]
+fn acpi_reset_register_reboots() {
+    if !require_kvm() {
+        return;
+    }
+    let out = probe_run("probe=reboot method=acpi", &["--on-reboot", "exit"]);
+    assert_eq!(out.code(), 0, "{out:#?}");
+    assert_eq!(
+        out.line("probe: rebooting"),
+        Some("probe: rebooting method=acpi reg=io:0xcf9 value=0x06")
+    );
+    assert!(
+        out.log
+            .contains("guest rebooted; exiting (--on-reboot exit)"),
+        "{}",
+        out.log
+    );
+}
