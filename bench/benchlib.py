@@ -154,3 +154,12 @@ def fmt_ratio(v):
 
 def ratio(a, b):
     return None if a is None or not b else a / b
+
+
+def parse_list(ap, text, known, what):
+    """Splits a comma-separated option, refusing names not in `known`."""
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    for item in items:
+        if item not in known:
+            ap.error(f"unknown {what} {item!r} (known: {', '.join(known)})")
+    return items

@@ -33,7 +33,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from benchlib import fmt, fmt_ratio, median, ratio, run_process  # noqa: E402
+from benchlib import fmt, fmt_ratio, median, parse_list, ratio, run_process  # noqa: E402
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 
@@ -240,14 +240,8 @@ def main():
     ap.add_argument("-v", "--verbose", action="store_true", help="print every run")
     args = ap.parse_args()
 
-    vmms = [v.strip() for v in args.vmms.split(",") if v.strip()]
-    for v in vmms:
-        if v not in VMMS:
-            ap.error(f"unknown VMM {v!r} (known: {', '.join(VMMS)})")
-    rows = [r.strip() for r in args.rows.split(",") if r.strip()]
-    for r in rows:
-        if r not in ROWS:
-            ap.error(f"unknown row {r!r} (known: {', '.join(ROWS)})")
+    vmms = parse_list(ap, args.vmms, VMMS, "VMM")
+    rows = parse_list(ap, args.rows, ROWS, "row")
     if not rows or args.runs < 1 or not (vmms or not args.skip_host):
         ap.error("nothing to run")
     for total in (args.seq_total, args.rand_total):

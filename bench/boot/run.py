@@ -30,7 +30,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from benchlib import fmt, fmt_ratio, median, ratio, run_process  # noqa: E402
+from benchlib import fmt, fmt_ratio, median, parse_list, ratio, run_process  # noqa: E402
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 
@@ -133,16 +133,10 @@ def main():
     ap.add_argument("-v", "--verbose", action="store_true", help="print every run")
     args = ap.parse_args()
 
-    vmms = [v.strip() for v in args.vmms.split(",") if v.strip()]
-    for v in vmms:
-        if v not in VMMS:
-            ap.error(f"unknown VMM {v!r} (known: {', '.join(VMMS)})")
+    vmms = parse_list(ap, args.vmms, VMMS, "VMM")
     if args.skip_q35:
         vmms = [v for v in vmms if v != "qemu-q35"]
-    guests = [g.strip() for g in args.guests.split(",") if g.strip()]
-    for g in guests:
-        if g not in GUESTS:
-            ap.error(f"unknown guest {g!r} (known: {', '.join(GUESTS)})")
+    guests = parse_list(ap, args.guests, GUESTS, "guest")
     if not vmms or not guests or args.runs < 1:
         ap.error("nothing to run")
 

@@ -35,10 +35,6 @@ pub trait DiskFile: Send + Sync {
     fn read_only(&self) -> bool;
     /// The block sizes the host file or device reports.
     fn topology(&self) -> Topology;
-    /// Reads into `buf` (guest memory) from `offset`; returns bytes read (0 at end).
-    fn read_at(&self, buf: &VolatileSlice, offset: u64) -> io::Result<usize>;
-    /// Writes `buf` (guest memory) at `offset`; returns bytes written.
-    fn write_at(&self, buf: &VolatileSlice, offset: u64) -> io::Result<usize>;
     /// Reads into the buffers in order from `offset` in one call (preadv);
     /// returns bytes read (0 at end).
     fn read_vectored_at(&self, bufs: &[VolatileSlice], offset: u64) -> io::Result<usize>;

@@ -195,43 +195,6 @@ impl DiskFile for RawFile {
         self.topology
     }
 
-    fn read_at(&self, buf: &VolatileSlice, offset: u64) -> io::Result<usize> {
-        let guard = buf.ptr_guard_mut();
-        // SAFETY: the guard keeps `buf.len()` bytes of mapped guest memory
-        // valid; pread writes at most that many bytes there.
-        let r = unsafe {
-            libc::pread(
-                self.file.as_raw_fd(),
-                guard.as_ptr().cast(),
-                buf.len(),
-                offset as libc::off_t,
-            )
-        };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(r as usize)
-    }
-
-    fn write_at(&self, buf: &VolatileSlice, offset: u64) -> io::Result<usize> {
-        self.check_writable()?;
-        let guard = buf.ptr_guard();
-        // SAFETY: the guard keeps `buf.len()` bytes of mapped guest memory
-        // valid; pwrite only reads them.
-        let r = unsafe {
-            libc::pwrite(
-                self.file.as_raw_fd(),
-                guard.as_ptr().cast(),
-                buf.len(),
-                offset as libc::off_t,
-            )
-        };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(r as usize)
-    }
-
     fn read_vectored_at(&self, bufs: &[VolatileSlice], offset: u64) -> io::Result<usize> {
         self.transfer(bufs, offset, libc::preadv)
     }
@@ -316,10 +279,14 @@ mod tests {
         assert_eq!(disk.topology().logical_block_size, 512);
         let mut mem = vec![0u8; 4096];
         let slice = VolatileSlice::from(&mut mem[..]);
-        assert_eq!(disk.read_at(&slice, 0).unwrap(), 4096);
+        assert_eq!(
+            disk.read_vectored_at(std::slice::from_ref(&slice), 0)
+                .unwrap(),
+            4096
+        );
         assert!(mem.iter().all(|b| *b == 7));
         let mut data = vec![9u8; 512];
-        disk.write_at(&VolatileSlice::from(&mut data[..]), 4096)
+        disk.write_vectored_at(&[VolatileSlice::from(&mut data[..])], 4096)
             .unwrap();
         disk.flush().unwrap();
         disk.discard(0, 4096).unwrap();
@@ -336,7 +303,7 @@ mod tests {
         assert!(back[7680..].iter().all(|b| *b == 0));
         let slice = VolatileSlice::from(&mut mem[..]);
         assert_eq!(
-            disk.read_at(&slice.subslice(0, 16).unwrap(), 1 << 20)
+            disk.read_vectored_at(&[slice.subslice(0, 16).unwrap()], 1 << 20)
                 .unwrap(),
             0,
             "end of file"
@@ -384,7 +351,7 @@ mod tests {
         .unwrap();
         let mut data = vec![1u8; 512];
         assert!(disk
-            .write_at(&VolatileSlice::from(&mut data[..]), 0)
+            .write_vectored_at(&[VolatileSlice::from(&mut data[..])], 0)
             .is_err());
         assert!(disk.discard(0, 512).is_err());
         assert!(disk.write_zeroes(0, 512, true).is_err());

@@ -59,27 +59,47 @@ fn guest_kit() -> (std::path::PathBuf, std::path::PathBuf) {
     (dir.join("vmlinuz"), dir.join("initramfs.cpio.gz"))
 }
 
-#[test]
-fn linux_guest_boots_smp_and_runs_a_script() {
+/// The guest kit, where Linux guests can run; says plainly when they cannot.
+fn linux_guest() -> Option<(std::path::PathBuf, std::path::PathBuf)> {
     if !e2e::host::hardware_virtualization() {
         eprintln!("Linux guest tests not run: KVM on this host is not hardware-backed");
-        return;
+        return None;
     }
     assert!(require_kvm());
-    let (kernel, initramfs) = guest_kit();
-    let script = "grep -c ^processor /proc/cpuinfo; cat /proc/cmdline";
-    let mut cmd = ferrovisor(&kernel);
-    cmd.arg("--initramfs").arg(&initramfs).args([
-        "--cpus",
-        "boot=2",
-        "--memory",
-        "size=512M",
-        "--cmdline",
-        &format!(
+    Some(guest_kit())
+}
+
+/// ferrovisor booting the kit with `script` (run by the kit's /init) and `args`.
+fn kit_command(
+    kernel: &std::path::Path,
+    initramfs: &std::path::Path,
+    script: &str,
+    args: &[&str],
+) -> Command {
+    let mut cmd = ferrovisor(kernel);
+    cmd.arg("--initramfs")
+        .arg(initramfs)
+        .args(args)
+        .arg("--cmdline")
+        .arg(format!(
             "console=ttyS0 reboot=k panic=-1 kit.run={}",
             base64(script.as_bytes())
-        ),
-    ]);
+        ));
+    cmd
+}
+
+#[test]
+fn linux_guest_boots_smp_and_runs_a_script() {
+    let Some((kernel, initramfs)) = linux_guest() else {
+        return;
+    };
+    let script = "grep -c ^processor /proc/cpuinfo; cat /proc/cmdline";
+    let cmd = kit_command(
+        &kernel,
+        &initramfs,
+        script,
+        &["--cpus", "boot=2", "--memory", "size=512M"],
+    );
     let mut vm = VmProcess::spawn(cmd);
     vm.wait_for_line("kit: init ok", Duration::from_secs(120));
     vm.wait_for_line("kit: exit=0", Duration::from_secs(60));
@@ -95,12 +115,9 @@ fn linux_guest_boots_smp_and_runs_a_script() {
 
 #[test]
 fn linux_guest_sees_pci_devices_and_powers_off_through_acpi() {
-    if !e2e::host::hardware_virtualization() {
-        eprintln!("Linux guest tests not run: KVM on this host is not hardware-backed");
+    let Some((kernel, initramfs)) = linux_guest() else {
         return;
-    }
-    assert!(require_kvm());
-    let (kernel, initramfs) = guest_kit();
+    };
     let dir = TempDir::new("linux-devices");
     let disk = dir.join("disk.img");
     let mut content = vec![0u8; 64 << 20];
@@ -111,27 +128,23 @@ fn linux_guest_sees_pci_devices_and_powers_off_through_acpi() {
                   dd if=/dev/vda bs=16 count=1 2>/dev/null; echo; \
                   echo guest-wrote-this | dd of=/dev/vda bs=512 seek=8 conv=sync,fsync 2>/dev/null; \
                   ls /dev/virtio-ports/; head -c 64 /dev/hwrng | wc -c";
-    let mut cmd = ferrovisor(&kernel);
-    cmd.arg("--initramfs").arg(&initramfs).args([
+    let disk_flag = format!(
+        "path={},physical_block_size=4096,serial=linux-disk",
+        disk.display()
+    );
+    let channel_flag = format!("name=org.ferrovisor.agent,socket={}", sock.display());
+    let args = [
         "--cpus",
         "boot=2",
         "--memory",
         "size=512M",
         "--rng",
         "--disk",
-        &format!(
-            "path={},physical_block_size=4096,serial=linux-disk",
-            disk.display()
-        ),
+        &disk_flag,
         "--channel",
-        &format!("name=org.ferrovisor.agent,socket={}", sock.display()),
-        "--cmdline",
-        &format!(
-            "console=ttyS0 panic=-1 kit.run={}",
-            base64(script.as_bytes())
-        ),
-    ]);
-    let mut vm = VmProcess::spawn(cmd);
+        &channel_flag,
+    ];
+    let mut vm = VmProcess::spawn(kit_command(&kernel, &initramfs, script, &args));
     vm.wait_for_line("kit: init ok", Duration::from_secs(120));
     vm.wait_for_line("kit: exit=0", Duration::from_secs(60));
     // /init powers off: through ACPI S5 now that the tables exist.

@@ -645,54 +645,29 @@ impl QueueHandler for RequestQueue {
         } else {
             self.complete()
         };
-        match result {
-            Ok(0) => {}
-            Ok(_) => {
-                if self.queue.needs_notification(&self.mem).unwrap_or(true) {
-                    self.interrupt.notify_queue(self.index);
-                }
-            }
-            Err(e) => {
-                tracing::debug!(
-                    "virtio-blk: the guest broke request queue {} ({e}); device needs reset",
-                    self.index
-                );
-                self.broken = true;
-                self.interrupt.needs_reset();
-            }
-        }
+        crate::device::after_pass(
+            result,
+            &mut self.queue,
+            &self.mem,
+            self.interrupt.as_ref(),
+            self.index,
+            &mut self.broken,
+        );
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::{desc, memory, Counter, NEXT, WRITE};
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
+    use virtio_queue::desc::RawDescriptor;
     use virtio_queue::mock::MockSplitQueue;
     use vm_memory::{Address, Bytes, GuestAddress};
 
-    const WRITE: u16 = virtio_bindings::virtio_ring::VRING_DESC_F_WRITE as u16;
-    const NEXT: u16 = virtio_bindings::virtio_ring::VRING_DESC_F_NEXT as u16;
     const HDR: u64 = 0x10_0000;
     const DATA: u64 = 0x20_0000;
     const STATUS: u64 = 0x30_0000;
-
-    #[derive(Default)]
-    struct Counter {
-        queue: AtomicUsize,
-        reset: AtomicUsize,
-    }
-
-    impl Interrupt for Counter {
-        fn notify_queue(&self, _q: u16) {
-            self.queue.fetch_add(1, Ordering::SeqCst);
-        }
-        fn notify_config(&self) {}
-        fn needs_reset(&self) {
-            self.reset.fetch_add(1, Ordering::SeqCst);
-        }
-    }
 
     struct Disk {
         path: std::path::PathBuf,
@@ -719,14 +694,6 @@ mod tests {
         )
         .unwrap();
         (Disk { path }, Arc::new(raw))
-    }
-
-    fn memory() -> GuestMemory {
-        GuestMemory::from_ranges(&[(GuestAddress(0), 0x100_0000)]).unwrap()
-    }
-
-    fn desc(addr: u64, len: u32, flags: u16, next: u16) -> RawDescriptor {
-        RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next))
     }
 
     fn header(mem: &GuestMemory, kind: u32, sector: u64) {
@@ -951,12 +918,6 @@ mod tests {
         }
         fn topology(&self) -> block::Topology {
             self.inner.topology()
-        }
-        fn read_at(&self, buf: &VolatileSlice, offset: u64) -> std::io::Result<usize> {
-            self.inner.read_at(buf, offset)
-        }
-        fn write_at(&self, buf: &VolatileSlice, offset: u64) -> std::io::Result<usize> {
-            self.inner.write_at(buf, offset)
         }
         fn read_vectored_at(&self, bufs: &[VolatileSlice], offset: u64) -> std::io::Result<usize> {
             let (lock, open) = &*self.gate;

@@ -105,3 +105,31 @@ impl<D: VirtioDevice> VirtioDevice for SharedDevice<D> {
         self.lock().reset()
     }
 }
+
+/// What a queue worker does after a pass over its queue: interrupt the guest
+/// if it completed buffers and the ring asks for it, or, when the guest broke
+/// the ring, mark the queue `broken` and report NEEDS_RESET (once; the log
+/// line is at debug level so a guest cannot flood the host log).
+pub(crate) fn after_pass(
+    result: Result<usize, virtio_queue::Error>,
+    queue: &mut virtio_queue::Queue,
+    mem: &GuestMemory,
+    interrupt: &dyn Interrupt,
+    index: u16,
+    broken: &mut bool,
+) {
+    use virtio_queue::QueueT;
+    match result {
+        Ok(0) => {}
+        Ok(_) => {
+            if queue.needs_notification(mem).unwrap_or(true) {
+                interrupt.notify_queue(index);
+            }
+        }
+        Err(e) => {
+            tracing::debug!("virtio: the guest broke queue {index} ({e}); device needs reset");
+            *broken = true;
+            interrupt.needs_reset();
+        }
+    }
+}

@@ -7,6 +7,8 @@ pub mod console;
 pub mod device;
 pub mod pci_transport;
 pub mod rng;
+#[cfg(test)]
+mod test_util;
 pub mod worker;
 
 pub use device::{ActivateError, Interrupt, QueueSet, SharedDevice, VirtioDevice};

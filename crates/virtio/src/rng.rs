@@ -108,21 +108,15 @@ impl QueueHandler for RequestQueue {
         if self.broken {
             return;
         }
-        match self.serve() {
-            Ok(0) => {}
-            Ok(_) => {
-                if self.queue.needs_notification(&self.mem).unwrap_or(true) {
-                    self.interrupt.notify_queue(0);
-                }
-            }
-            Err(e) => {
-                tracing::debug!(
-                    "virtio-rng: the guest broke the request queue ({e}); device needs reset"
-                );
-                self.broken = true;
-                self.interrupt.needs_reset();
-            }
-        }
+        let result = self.serve();
+        crate::device::after_pass(
+            result,
+            &mut self.queue,
+            &self.mem,
+            self.interrupt.as_ref(),
+            0,
+            &mut self.broken,
+        );
     }
 }
 
@@ -176,33 +170,11 @@ fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
+    use crate::test_util::{desc, memory, Counter, NEXT, WRITE};
+    use std::sync::atomic::Ordering;
+    use virtio_queue::desc::RawDescriptor;
     use virtio_queue::mock::MockSplitQueue;
     use vm_memory::{Address, Bytes, GuestAddress};
-
-    const WRITE: u16 = virtio_bindings::virtio_ring::VRING_DESC_F_WRITE as u16;
-    const NEXT: u16 = virtio_bindings::virtio_ring::VRING_DESC_F_NEXT as u16;
-
-    #[derive(Default)]
-    struct Counter {
-        queue: AtomicUsize,
-        reset: AtomicUsize,
-    }
-
-    impl Interrupt for Counter {
-        fn notify_queue(&self, _q: u16) {
-            self.queue.fetch_add(1, Ordering::SeqCst);
-        }
-        fn notify_config(&self) {}
-        fn needs_reset(&self) {
-            self.reset.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-
-    fn memory() -> GuestMemory {
-        GuestMemory::from_ranges(&[(GuestAddress(0), 0x100_0000)]).unwrap()
-    }
 
     fn serve<'a>(
         mem: &'a GuestMemory,
@@ -220,10 +192,6 @@ mod tests {
         rq.process(0);
         let used = rq.queue.next_used() as usize;
         (counter, mock, used)
-    }
-
-    fn desc(addr: u64, len: u32, flags: u16, next: u16) -> RawDescriptor {
-        RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next))
     }
 
     #[test]

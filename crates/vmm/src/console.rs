@@ -93,7 +93,8 @@ fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> io::Result<()> {
         .map(|_| ())
 }
 
-fn listen(path: &Path) -> io::Result<UnixListener> {
+/// Binds a Unix socket at `path`, replacing a socket an earlier run left.
+pub(crate) fn listen(path: &Path) -> io::Result<UnixListener> {
     // A socket left by an earlier run is replaced; any other file is not.
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         use std::os::unix::fs::FileTypeExt;
