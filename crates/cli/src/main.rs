@@ -9,31 +9,43 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use std::sync::Arc;
+
 use vmm::config::{self, VmConfig};
-use vmm::{ConfigError, Outcome};
+use vmm::{ConfigError, Outcome, Vmm, VmmOptions};
 
 /// Ferrovisor: a KVM virtual machine monitor.
 #[derive(Debug, Parser)]
 #[command(name = "ferrovisor", version, about)]
 struct Cli {
+    /// Serve the REST API (HTTP/1.1 under /api/v1/) on this Unix socket. Without a VM
+    /// on the command line, wait for vm.create and vm.boot.
+    #[arg(long, value_name = "PATH")]
+    api_socket: Option<PathBuf>,
+    /// The VM config as TOML (`.toml`) or JSON (else); `fvctl info --json` output works too.
+    #[arg(long, value_name = "FILE", conflicts_with_all = VM_FLAGS)]
+    config: Option<PathBuf>,
+    /// Append lifecycle and device events to this file as JSON lines.
+    #[arg(long, value_name = "PATH")]
+    event_log: Option<PathBuf>,
     /// Kernel image: ELF with a PVH note, ELF vmlinux, bzImage or multiboot v1 ELF.
     #[arg(long, value_name = "PATH")]
-    kernel: PathBuf,
+    kernel: Option<PathBuf>,
     /// Initramfs (PVH and multiboot: module 0).
     #[arg(long, value_name = "PATH")]
     initramfs: Option<PathBuf>,
     /// Kernel command line.
-    #[arg(long, default_value = "")]
-    cmdline: String,
-    /// vCPUs: boot=N.
-    #[arg(long, default_value = "boot=1", value_name = "boot=N")]
-    cpus: String,
-    /// Guest RAM: size=SIZE (K, M, G, T suffixes).
-    #[arg(long, default_value = "size=512M", value_name = "size=SIZE")]
-    memory: String,
-    /// COM1 backend: tty, off, file=PATH or socket=PATH.
-    #[arg(long, default_value = "tty")]
-    serial: String,
+    #[arg(long)]
+    cmdline: Option<String>,
+    /// vCPUs: boot=N (default boot=1).
+    #[arg(long, value_name = "boot=N")]
+    cpus: Option<String>,
+    /// Guest RAM: size=SIZE (K, M, G, T suffixes; default size=512M).
+    #[arg(long, value_name = "size=SIZE")]
+    memory: Option<String>,
+    /// COM1 backend: tty (default), off, file=PATH or socket=PATH.
+    #[arg(long)]
+    serial: Option<String>,
     /// Enable QEMU's isa-debug-exit on port 0xf4: a write of v ends ferrovisor with status (v << 1) | 1.
     #[arg(long)]
     debug_exit: bool,
@@ -48,37 +60,82 @@ struct Cli {
     /// Give the guest a virtio-rng device (PCI) fed from the host's getrandom.
     #[arg(long)]
     rng: bool,
-    /// What a guest reboot does: restart or exit.
-    #[arg(long, default_value = "restart", value_name = "restart|exit")]
-    on_reboot: String,
+    /// What a guest reboot does: restart (default) or exit.
+    #[arg(long, value_name = "restart|exit")]
+    on_reboot: Option<String>,
     /// Log filter (error, warn, info, debug, trace, or a tracing directive).
     #[arg(long, default_value = "warn", env = "FERROVISOR_LOG")]
     log_level: String,
 }
 
+/// The flags that describe a VM, which `--config` replaces.
+const VM_FLAGS: [&str; 11] = [
+    "kernel",
+    "initramfs",
+    "cmdline",
+    "cpus",
+    "memory",
+    "serial",
+    "debug_exit",
+    "disk",
+    "channel",
+    "rng",
+    "on_reboot",
+];
+
 impl Cli {
-    fn into_config(self) -> Result<VmConfig, ConfigError> {
-        Ok(VmConfig {
-            kernel: self.kernel,
-            initramfs: self.initramfs,
-            cmdline: self.cmdline,
-            cpus: config::parse_cpus(&self.cpus)?,
-            memory: config::parse_memory(&self.memory)?,
-            serial: config::parse_serial(&self.serial)?,
-            debug_exit: self.debug_exit,
-            on_reboot: config::parse_on_reboot(&self.on_reboot)?,
-            rng: self.rng,
-            disks: self
-                .disk
-                .iter()
-                .map(|d| config::parse_disk(d))
-                .collect::<Result<_, _>>()?,
-            channels: self
-                .channel
-                .iter()
-                .map(|c| config::parse_channel(c))
-                .collect::<Result<_, _>>()?,
-        })
+    /// The VM the command line describes, if any.
+    fn vm_config(&self) -> Result<Option<VmConfig>, ConfigError> {
+        if let Some(path) = &self.config {
+            return config::load_file(path).map(Some);
+        }
+        let Some(kernel) = &self.kernel else {
+            let other_flag = self.initramfs.is_some()
+                || self.cmdline.is_some()
+                || self.cpus.is_some()
+                || self.memory.is_some()
+                || self.serial.is_some()
+                || self.debug_exit
+                || !self.disk.is_empty()
+                || !self.channel.is_empty()
+                || self.rng
+                || self.on_reboot.is_some();
+            if other_flag || self.api_socket.is_none() {
+                return Err(ConfigError::new(
+                    "--kernel",
+                    "required (or give --config FILE, or --api-socket PATH to wait for vm.create)",
+                ));
+            }
+            return Ok(None);
+        };
+        let mut c = VmConfig::with_kernel(kernel.clone());
+        c.payload.initramfs = self.initramfs.clone();
+        c.payload.cmdline = self.cmdline.clone().unwrap_or_default();
+        if let Some(cpus) = &self.cpus {
+            c.cpus = config::parse_cpus(cpus)?;
+        }
+        if let Some(memory) = &self.memory {
+            c.memory = config::parse_memory(memory)?;
+        }
+        if let Some(serial) = &self.serial {
+            c.serial = config::parse_serial(serial)?;
+        }
+        c.debug_exit = self.debug_exit;
+        if let Some(policy) = &self.on_reboot {
+            c.on_reboot = config::parse_on_reboot(policy)?;
+        }
+        c.rng = self.rng.then_some(config::RngConfig { id: None });
+        c.disks = self
+            .disk
+            .iter()
+            .map(|d| config::parse_disk(d))
+            .collect::<Result<_, _>>()?;
+        c.channels = self
+            .channel
+            .iter()
+            .map(|ch| config::parse_channel(ch))
+            .collect::<Result<_, _>>()?;
+        c.validate().map(Some)
     }
 }
 
@@ -122,14 +179,14 @@ fn main() -> ExitCode {
         eprintln!("ferrovisor: error: {e}");
         return status(vmm::EXIT_CONFIG);
     }
-    let config = match cli.into_config() {
+    let config = match cli.vm_config() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("ferrovisor: error: {e}");
             return status(vmm::EXIT_CONFIG);
         }
     };
-    match vmm::run(&config) {
+    match run(&cli, config) {
         Ok(outcome) => {
             match &outcome {
                 Outcome::Fault { vcpu, reason } => {
@@ -138,6 +195,7 @@ fn main() -> ExitCode {
                 Outcome::Signal(s) => tracing::info!("signal {s}: guest stopped"),
                 Outcome::RebootExit => tracing::info!("guest rebooted; exiting (--on-reboot exit)"),
                 Outcome::PowerOff => tracing::info!("guest powered off"),
+                Outcome::VmmShutdown => tracing::info!("vmm.shutdown: exiting"),
                 Outcome::DebugExit(v) => {
                     tracing::info!("guest wrote {v:#x} to the debug-exit port")
                 }
@@ -149,4 +207,41 @@ fn main() -> ExitCode {
             status(e.exit_status())
         }
     }
+}
+
+/// Binds the API socket (before any thread starts: the bind sets the umask),
+/// starts the controller and the API server, and runs until the VMM ends.
+fn run(cli: &Cli, config: Option<VmConfig>) -> Result<Outcome, vmm::Error> {
+    let server = match &cli.api_socket {
+        Some(path) => Some(
+            api::server::Server::bind(path)
+                .map_err(|e| ConfigError::new("--api-socket", e.to_string()))?,
+        ),
+        None => None,
+    };
+    let event_log = match &cli.event_log {
+        Some(path) => vmm::events::EventLog::open(path)
+            .map_err(|e| ConfigError::new("--event-log", format!("{}: {e}", path.display())))?,
+        None => vmm::events::EventLog::default(),
+    };
+    let options = VmmOptions {
+        serve_api: server.is_some(),
+        event_log,
+    };
+    let controller = Vmm::new(options)?;
+    let api = match server {
+        Some(server) => {
+            let router = Arc::new(api::routes::Router::new(controller.requests()));
+            Some(server.serve(router).map_err(|e| vmm::Error::Io {
+                what: "starting the API server".into(),
+                source: e,
+            })?)
+        }
+        None => None,
+    };
+    let outcome = controller.run(config);
+    if let Some(api) = api {
+        api.shutdown();
+    }
+    outcome
 }

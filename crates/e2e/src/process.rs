@@ -132,6 +132,22 @@ impl VmProcess {
         }
     }
 
+    /// The console lines that arrive within `window` (none is fine).
+    pub fn lines_within(&mut self, window: Duration) -> Vec<String> {
+        let deadline = Instant::now() + window;
+        let mut got = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.serial.push(line.clone());
+                    got.push(line);
+                }
+                Err(_) => return got,
+            }
+        }
+    }
+
     /// Sends bytes to the guest's console input.
     pub fn send(&mut self, bytes: &[u8]) {
         let stdin = self.stdin.as_mut().expect("stdin open");

@@ -130,6 +130,12 @@ impl Vcpu {
             .map_err(Error::wrap("KVM_SET_LAPIC"))
     }
 
+    /// Clears a pending [`Kicker::request_exit`], so that the next `KVM_RUN`
+    /// enters the guest again (after a pause).
+    pub fn clear_exit_request(&mut self) {
+        self.fd.set_kvm_immediate_exit(0);
+    }
+
     /// Runs the vCPU until the next exit that needs the VMM.
     pub fn run(&mut self) -> Result<VcpuExit<'_>> {
         use kvm_ioctls::VcpuExit as K;

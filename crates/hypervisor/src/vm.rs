@@ -200,6 +200,23 @@ impl Vm {
             .map_err(Error::wrap("KVM_SIGNAL_MSI"))
     }
 
+    /// Reads the VM's kvmclock (the guest's paravirtual system time).
+    pub fn clock(&self) -> Result<kvm_bindings::kvm_clock_data> {
+        self.fd.get_clock().map_err(Error::wrap("KVM_GET_CLOCK"))
+    }
+
+    /// Sets the VM's kvmclock; with a value read by [`Vm::clock`] before a
+    /// pause, guest time continues from where it stopped.
+    pub fn set_clock(&self, clock: &kvm_bindings::kvm_clock_data) -> Result<()> {
+        let data = kvm_bindings::kvm_clock_data {
+            clock: clock.clock,
+            ..Default::default()
+        };
+        self.fd
+            .set_clock(&data)
+            .map_err(Error::wrap("KVM_SET_CLOCK"))
+    }
+
     /// Creates vCPU `id` (its initial APIC ID is the same number).
     pub fn create_vcpu(&self, id: u32) -> Result<Vcpu> {
         let fd = self

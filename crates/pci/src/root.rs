@@ -24,6 +24,11 @@ pub trait PciDevice: Send {
     fn bar_write(&mut self, bar: usize, offset: u64, data: &[u8]);
     /// BAR `bar` now decodes at `addr` (`None`: not decoded).
     fn bar_mapped(&mut self, bar: usize, addr: Option<u64>);
+    /// Stops its work behind the guest's back (workers park, requests in
+    /// flight complete); `false` if it could not stop in time.
+    fn pause(&mut self) -> bool;
+    /// Continues after [`PciDevice::pause`].
+    fn resume(&mut self);
 }
 
 /// A function shared by the root and its BAR windows.
@@ -67,6 +72,10 @@ impl PciDevice for HostBridge {
     }
     fn bar_write(&mut self, _bar: usize, _offset: u64, _data: &[u8]) {}
     fn bar_mapped(&mut self, _bar: usize, _addr: Option<u64>) {}
+    fn pause(&mut self) -> bool {
+        true
+    }
+    fn resume(&mut self) {}
 }
 
 /// Why a function could not be added.
@@ -185,6 +194,23 @@ impl PciRoot {
         self.slots.get(&bdf.device)
     }
 
+    /// Pauses every function; `false` if one could not stop in time (the
+    /// others are paused all the same).
+    pub fn pause_all(&self) -> bool {
+        let mut all_paused = true;
+        for slot in self.slots.values() {
+            all_paused &= lock(&slot.device).pause();
+        }
+        all_paused
+    }
+
+    /// Resumes every function.
+    pub fn resume_all(&self) {
+        for slot in self.slots.values() {
+            lock(&slot.device).resume();
+        }
+    }
+
     /// A configuration read; absent functions read as all ones.
     pub fn config_read(&self, bdf: Bdf, offset: usize, data: &mut [u8]) {
         match self.slot_of(bdf) {
@@ -284,6 +310,10 @@ mod tests {
         fn bar_mapped(&mut self, bar: usize, addr: Option<u64>) {
             self.mapped.push((bar, addr));
         }
+        fn pause(&mut self) -> bool {
+            true
+        }
+        fn resume(&mut self) {}
     }
 
     pub(crate) fn dummy() -> Arc<Mutex<Dummy>> {

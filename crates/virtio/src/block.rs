@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use block::DiskFile;
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use vm_device::Counters;
 use vm_memory::{GuestMemoryBackend, VolatileSlice};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -85,7 +86,28 @@ pub struct Block {
     queue_sizes: Vec<u16>,
     features: u64,
     workers: Vec<Worker>,
+    counters: Arc<Counters>,
 }
+
+/// The counters of a block device (`vm.counters`), in [`Counters`] index order.
+pub const COUNTER_NAMES: &[&str] = &[
+    "read_ops",
+    "read_bytes",
+    "write_ops",
+    "write_bytes",
+    "flush_ops",
+    "discard_ops",
+    "write_zeroes_ops",
+    "errors",
+];
+const READ_OPS: usize = 0;
+const READ_BYTES: usize = 1;
+const WRITE_OPS: usize = 2;
+const WRITE_BYTES: usize = 3;
+const FLUSH_OPS: usize = 4;
+const DISCARD_OPS: usize = 5;
+const WRITE_ZEROES_OPS: usize = 6;
+const ERRORS: usize = 7;
 
 impl Block {
     /// A block device for `config`.
@@ -137,7 +159,13 @@ impl Block {
             queue_sizes,
             features,
             workers: Vec::new(),
+            counters: Arc::new(Counters::new(COUNTER_NAMES)),
         }
+    }
+
+    /// Its I/O counters, shared with its workers.
+    pub fn counters(&self) -> Arc<Counters> {
+        self.counters.clone()
     }
 }
 
@@ -176,6 +204,7 @@ impl VirtioDevice for Block {
                 read_only: self.config.read_only,
                 discard: self.config.discard && !self.config.read_only,
                 serial: self.config.serial.clone(),
+                counters: self.counters.clone(),
             };
             let completions = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?;
             let name = format!("virtio-blk-q{index}");
@@ -197,6 +226,21 @@ impl VirtioDevice for Block {
 
     fn reset(&mut self) {
         self.workers.clear();
+    }
+
+    fn pause(&mut self) -> bool {
+        // Every queue is asked, even after one fails, so none keeps running.
+        let mut all_paused = true;
+        for w in &self.workers {
+            all_paused &= w.pause();
+        }
+        all_paused
+    }
+
+    fn resume(&mut self) {
+        for w in &self.workers {
+            w.resume();
+        }
     }
 }
 
@@ -226,6 +270,7 @@ pub fn serve_queue_once(
             read_only,
             discard: !read_only,
             serial: "fuzz".into(),
+            counters: Arc::new(Counters::new(COUNTER_NAMES)),
         },
         pool: None,
         broken: false,
@@ -253,6 +298,7 @@ struct Executor {
     read_only: bool,
     discard: bool,
     serial: String,
+    counters: Arc<Counters>,
 }
 
 /// One descriptor of a request, owned so the request can move to an I/O thread.
@@ -439,6 +485,9 @@ impl Executor {
             return 0;
         };
         let (s, written) = self.execute(&mut req);
+        if s != S_OK {
+            self.counters.add(ERRORS, 1);
+        }
         write_bytes(&status, &[s]);
         written + 1
     }
@@ -479,6 +528,8 @@ impl Executor {
                 {
                     return (S_IOERR, 0);
                 }
+                self.counters.add(READ_OPS, 1);
+                self.counters.add(READ_BYTES, len);
                 (S_OK, len as u32)
             }
             T_OUT => {
@@ -495,10 +546,13 @@ impl Executor {
                 {
                     return (S_IOERR, 0);
                 }
+                self.counters.add(WRITE_OPS, 1);
+                self.counters.add(WRITE_BYTES, len);
                 (S_OK, 0)
             }
             T_FLUSH => (
                 if self.disk.flush().is_ok() {
+                    self.counters.add(FLUSH_OPS, 1);
                     S_OK
                 } else {
                     S_IOERR
@@ -513,7 +567,18 @@ impl Executor {
                 let written = write_bytes(&req.writable, &id);
                 (S_OK, written as u32)
             }
-            T_DISCARD | T_WRITE_ZEROES if self.discard => self.discard_or_zero(kind, req),
+            T_DISCARD | T_WRITE_ZEROES if self.discard => {
+                let (s, n) = self.discard_or_zero(kind, req);
+                if s == S_OK {
+                    let counter = if kind == T_DISCARD {
+                        DISCARD_OPS
+                    } else {
+                        WRITE_ZEROES_OPS
+                    };
+                    self.counters.add(counter, 1);
+                }
+                (s, n)
+            }
             T_DISCARD | T_WRITE_ZEROES if self.read_only => (S_IOERR, 0),
             _ => (S_UNSUPP, 0),
         }
@@ -632,6 +697,26 @@ impl RequestQueue {
         }
         Ok(finished.len() + self.serve()?)
     }
+
+    /// Waits for every request the I/O threads hold and puts it in the used
+    /// ring; serves nothing new.
+    fn drain(&mut self) -> Result<usize, virtio_queue::Error> {
+        let Some(pool) = self.pool.as_mut() else {
+            return Ok(0);
+        };
+        let mut finished = Vec::new();
+        while pool.in_flight > finished.len() {
+            match pool.done.recv() {
+                Ok(done) => finished.push(done),
+                Err(_) => break,
+            }
+        }
+        pool.in_flight -= finished.len();
+        for (head, used) in &finished {
+            self.queue.add_used(&self.mem, *head, *used)?;
+        }
+        Ok(finished.len())
+    }
 }
 
 impl QueueHandler for RequestQueue {
@@ -645,6 +730,20 @@ impl QueueHandler for RequestQueue {
         } else {
             self.complete()
         };
+        self.after(result);
+    }
+
+    fn quiesce(&mut self) {
+        if self.broken {
+            return;
+        }
+        let result = self.drain();
+        self.after(result);
+    }
+}
+
+impl RequestQueue {
+    fn after(&mut self, result: Result<usize, virtio_queue::Error>) {
         crate::device::after_pass(
             result,
             &mut self.queue,
@@ -724,6 +823,7 @@ mod tests {
                 read_only,
                 discard: !read_only,
                 serial: "disk-serial-0123456789".into(),
+                counters: Arc::new(Counters::new(COUNTER_NAMES)),
             },
             pool: None,
             broken: false,
@@ -981,6 +1081,7 @@ mod tests {
             read_only: false,
             discard: true,
             serial: String::new(),
+            counters: Arc::new(Counters::new(COUNTER_NAMES)),
         };
         let signal = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         let pool = IoPool::new(&executor, "test", signal.try_clone().unwrap()).unwrap();

@@ -56,6 +56,11 @@ pub trait VirtioDevice: Send {
     fn activate(&mut self, queues: QueueSet) -> Result<(), ActivateError>;
     /// Stops processing and forgets the queues (a driver reset).
     fn reset(&mut self);
+    /// Stops touching guest memory and queues: requests in flight complete,
+    /// workers park. `false` if a worker could not be parked in time.
+    fn pause(&mut self) -> bool;
+    /// Continues after [`VirtioDevice::pause`].
+    fn resume(&mut self);
 }
 
 /// A device whose host side outlives one VM instance (sockets, clients):
@@ -103,6 +108,12 @@ impl<D: VirtioDevice> VirtioDevice for SharedDevice<D> {
     }
     fn reset(&mut self) {
         self.lock().reset()
+    }
+    fn pause(&mut self) -> bool {
+        self.lock().pause()
+    }
+    fn resume(&mut self) {
+        self.lock().resume()
     }
 }
 

@@ -511,6 +511,14 @@ fn vendor_cap(kind: u8, offset: u64, length: u64, multiplier: Option<u32>) -> Ve
 }
 
 impl<D: VirtioDevice> PciDevice for VirtioPci<D> {
+    fn pause(&mut self) -> bool {
+        self.device.pause()
+    }
+
+    fn resume(&mut self) {
+        self.device.resume()
+    }
+
     fn config(&self) -> &ConfigSpace {
         &self.config
     }

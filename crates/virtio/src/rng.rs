@@ -10,6 +10,7 @@ use crate::device::{ActivateError, Interrupt, QueueSet, VirtioDevice};
 use crate::features::{RING_EVENT_IDX, RING_INDIRECT_DESC, VERSION_1};
 use crate::worker::{QueueHandler, Worker};
 use crate::GuestMemory;
+use vm_device::Counters;
 
 /// virtio device ID of the entropy source.
 pub const DEVICE_TYPE: u16 = 4;
@@ -18,15 +19,32 @@ const QUEUE_SIZES: [u16; 1] = [256];
 const MAX_REQUEST: usize = 64 << 10;
 
 /// The entropy device.
-#[derive(Default)]
 pub struct Rng {
     worker: Option<Worker>,
+    counters: Arc<Counters>,
+}
+
+/// The counters of the entropy device (`vm.counters`).
+pub const COUNTER_NAMES: &[&str] = &["requests", "bytes"];
+
+impl Default for Rng {
+    fn default() -> Rng {
+        Rng {
+            worker: None,
+            counters: Arc::new(Counters::new(COUNTER_NAMES)),
+        }
+    }
 }
 
 impl Rng {
     /// A new, inactive entropy device.
     pub fn new() -> Rng {
         Rng::default()
+    }
+
+    /// Its counters, shared with its worker.
+    pub fn counters(&self) -> Arc<Counters> {
+        self.counters.clone()
     }
 }
 
@@ -59,6 +77,7 @@ impl VirtioDevice for Rng {
             queue,
             interrupt: set.interrupt,
             broken: false,
+            counters: self.counters.clone(),
         };
         self.worker = Some(Worker::spawn("virtio-rng".into(), vec![event], handler)?);
         Ok(())
@@ -66,6 +85,16 @@ impl VirtioDevice for Rng {
 
     fn reset(&mut self) {
         self.worker = None;
+    }
+
+    fn pause(&mut self) -> bool {
+        self.worker.as_ref().is_none_or(Worker::pause)
+    }
+
+    fn resume(&mut self) {
+        if let Some(w) = &self.worker {
+            w.resume();
+        }
     }
 }
 
@@ -75,6 +104,7 @@ struct RequestQueue {
     queue: Queue,
     interrupt: Arc<dyn Interrupt>,
     broken: bool,
+    counters: Arc<Counters>,
 }
 
 impl RequestQueue {
@@ -93,6 +123,8 @@ impl RequestQueue {
                     // completes with nothing written.
                     Err(_) => 0,
                 };
+                self.counters.add(0, 1);
+                self.counters.add(1, written as u64);
                 self.queue.add_used(&self.mem, head, written as u32)?;
                 done += 1;
             }
@@ -117,6 +149,10 @@ impl QueueHandler for RequestQueue {
             0,
             &mut self.broken,
         );
+    }
+
+    fn quiesce(&mut self) {
+        // Requests complete within `process`: nothing is ever in flight.
     }
 }
 
@@ -188,6 +224,7 @@ mod tests {
             queue: mock.create_queue().unwrap(),
             interrupt: counter.clone(),
             broken: false,
+            counters: Arc::new(Counters::new(COUNTER_NAMES)),
         };
         rq.process(0);
         let used = rq.queue.next_used() as usize;
@@ -249,6 +286,7 @@ mod tests {
             queue: mock.create_queue().unwrap(),
             interrupt: counter.clone(),
             broken: false,
+            counters: Arc::new(Counters::new(COUNTER_NAMES)),
         };
         rq.process(0);
         rq.process(0);

@@ -1,8 +1,12 @@
-//! A device worker thread: waits on its queues' eventfds and a stop eventfd,
-//! and runs the device's queue handler when the guest notifies.
+//! A device worker thread: waits on its queues' eventfds, a stop eventfd
+//! and a control eventfd, and runs the device's queue handler when the guest
+//! notifies. A pause parks the thread once its handler has finished every
+//! request in flight, so guest memory stays still until it resumes.
 
 use std::io;
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
@@ -11,15 +15,113 @@ use vmm_sys_util::eventfd::EventFd;
 pub trait QueueHandler: Send + 'static {
     /// The guest notified queue number `index` (an index into the worker's list).
     fn process(&mut self, index: usize);
+    /// Finishes every request in flight (their used entries written and the
+    /// guest notified) before the worker parks for a pause.
+    fn quiesce(&mut self);
+}
+
+/// What a worker thread is asked to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RunState {
+    Running,
+    PauseRequested,
+    Paused,
+}
+
+/// Pause requests to a worker thread and its answers.
+pub(crate) struct PauseControl {
+    state: Mutex<RunState>,
+    changed: Condvar,
+    wake: EventFd,
+}
+
+/// How long a pause waits for a worker before giving up on it (a worker
+/// blocked in host I/O that long is reported, not waited on forever).
+const PAUSE_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl PauseControl {
+    pub(crate) fn new() -> io::Result<Arc<PauseControl>> {
+        Ok(Arc::new(PauseControl {
+            state: Mutex::new(RunState::Running),
+            changed: Condvar::new(),
+            wake: EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?,
+        }))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, RunState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The eventfd the worker's epoll watches for pause requests.
+    pub(crate) fn event(&self) -> &EventFd {
+        &self.wake
+    }
+
+    /// Asks the worker to park and waits until it has; `false` if it did not
+    /// within [`PAUSE_TIMEOUT`] (or has exited).
+    pub(crate) fn pause(&self, thread: Option<&JoinHandle<()>>) -> bool {
+        let mut state = self.lock();
+        if *state == RunState::Paused {
+            return true;
+        }
+        *state = RunState::PauseRequested;
+        let _ = self.wake.write(1);
+        let deadline = std::time::Instant::now() + PAUSE_TIMEOUT;
+        while *state != RunState::Paused {
+            if thread.is_none_or(|t| t.is_finished()) {
+                return false;
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            let wait = left.min(Duration::from_millis(100));
+            state = self
+                .changed
+                .wait_timeout(state, wait)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        true
+    }
+
+    /// Lets a parked (or parking) worker continue.
+    pub(crate) fn resume(&self) {
+        *self.lock() = RunState::Running;
+        self.changed.notify_all();
+    }
+
+    /// On the worker thread after its control event fired: if a pause is
+    /// asked for, run `quiesce`, report parked and wait for the resume.
+    pub(crate) fn park_if_asked(&self, quiesce: impl FnOnce()) {
+        let _ = self.wake.read();
+        let mut state = self.lock();
+        if *state != RunState::PauseRequested {
+            return;
+        }
+        drop(state);
+        quiesce();
+        state = self.lock();
+        if *state != RunState::PauseRequested {
+            return;
+        }
+        *state = RunState::Paused;
+        self.changed.notify_all();
+        while *state == RunState::Paused {
+            state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+    }
 }
 
 /// A running worker; dropping it stops and joins the thread.
 pub struct Worker {
     stop: EventFd,
+    control: Arc<PauseControl>,
     thread: Option<JoinHandle<()>>,
 }
 
 const STOP_TOKEN: u64 = u64::MAX;
+const CONTROL_TOKEN: u64 = u64::MAX - 1;
 
 impl Worker {
     /// Starts thread `name` serving `events` (one per queue) with `handler`.
@@ -29,11 +131,17 @@ impl Worker {
         mut handler: impl QueueHandler,
     ) -> io::Result<Worker> {
         let stop = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?;
+        let control = PauseControl::new()?;
         let epoll = Epoll::new()?;
         epoll.ctl(
             ControlOperation::Add,
             stop.as_raw_fd_ref(),
             EpollEvent::new(EventSet::IN, STOP_TOKEN),
+        )?;
+        epoll.ctl(
+            ControlOperation::Add,
+            control.event().as_raw_fd_ref(),
+            EpollEvent::new(EventSet::IN, CONTROL_TOKEN),
         )?;
         for (i, e) in events.iter().enumerate() {
             epoll.ctl(
@@ -43,6 +151,7 @@ impl Worker {
             )?;
         }
         let stop_fd = stop.try_clone()?;
+        let thread_control = control.clone();
         let thread = std::thread::Builder::new().name(name).spawn(move || {
             let mut ready = [EpollEvent::default(); 8];
             loop {
@@ -60,6 +169,10 @@ impl Worker {
                         let _ = stop_fd.read();
                         return;
                     }
+                    if token == CONTROL_TOKEN {
+                        thread_control.park_if_asked(|| handler.quiesce());
+                        continue;
+                    }
                     let index = token as usize;
                     if let Some(e) = events.get(index) {
                         // Drain the counter; several notifications need one pass.
@@ -71,14 +184,27 @@ impl Worker {
         })?;
         Ok(Worker {
             stop,
+            control,
             thread: Some(thread),
         })
+    }
+
+    /// Parks the thread once its requests in flight are done; `false` if
+    /// it did not park in time.
+    pub fn pause(&self) -> bool {
+        self.control.pause(self.thread.as_ref())
+    }
+
+    /// Lets the thread serve its queues again.
+    pub fn resume(&self) {
+        self.control.resume();
     }
 }
 
 impl Drop for Worker {
     fn drop(&mut self) {
         let _ = self.stop.write(1);
+        self.control.resume();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -109,6 +235,27 @@ mod tests {
         fn process(&mut self, index: usize) {
             let _ = self.0.send(index);
         }
+        fn quiesce(&mut self) {
+            let _ = self.0.send(usize::MAX);
+        }
+    }
+
+    #[test]
+    fn a_paused_worker_quiesces_then_serves_nothing_until_resumed() {
+        let a = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let (tx, rx) = channel();
+        let w = Worker::spawn("test".into(), vec![a.try_clone().unwrap()], Forward(tx)).unwrap();
+        assert!(w.pause());
+        assert_eq!(rx.recv_timeout(Duration::from_secs(5)), Ok(usize::MAX));
+        a.write(1).unwrap();
+        assert!(rx.recv_timeout(Duration::from_millis(100)).is_err());
+        assert!(w.pause(), "pausing twice is harmless");
+        w.resume();
+        assert_eq!(rx.recv_timeout(Duration::from_secs(5)), Ok(0));
+        // Dropping a paused worker stops it too.
+        assert!(w.pause());
+        let _ = rx.recv_timeout(Duration::from_secs(5));
+        drop(w);
     }
 
     #[test]

@@ -4,6 +4,10 @@
 //! `Arc<Mutex<dyn BusDevice>>`: an access in flight holds its own reference,
 //! so removing a device from the bus never frees it under a running access.
 
+mod counters;
+
+pub use counters::Counters;
+
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
 

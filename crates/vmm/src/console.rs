@@ -33,8 +33,8 @@ impl Console {
                 let stdout = File::from(io::stdout().as_fd().try_clone_to_owned()?);
                 (Box::new(stdout), Some(Input::Stdin))
             }
-            SerialConfig::File(path) => (Box::new(File::create(path)?), None),
-            SerialConfig::Socket(path) => {
+            SerialConfig::File { path } => (Box::new(File::create(path)?), None),
+            SerialConfig::Socket { path } => {
                 let client = Arc::new(Mutex::new(None));
                 (
                     Box::new(SocketOutput(client.clone())),

@@ -1,18 +1,25 @@
 //! Composition of one VM: configuration, guest RAM, platform devices, vCPU
-//! threads and the lifecycle loop that turns guest requests, faults and host
-//! signals into the process's exit status.
+//! threads, the lifecycle state machine and the controller that turns
+//! control-plane requests, guest requests, faults and host signals into
+//! state changes and, in the end, the process's exit status.
 
+mod boot_files;
 mod channels;
 pub mod config;
 mod console;
+mod control;
+pub mod events;
+mod instance;
 mod memory;
 mod msi;
 mod platform;
+pub mod request;
+mod signals;
+pub mod state;
 mod vcpu;
-mod vm;
 
 pub use config::{ConfigError, VmConfig};
-pub use vm::{run, Outcome};
+pub use control::{Outcome, Vmm, VmmOptions};
 
 /// An error that ends the VMM.
 #[derive(Debug, thiserror::Error)]

@@ -14,16 +14,18 @@ use pci::root::SharedPciDevice;
 use pci::{AddressAllocator, MsiSender, PciConfigIo, PciConfigMmio, PciRoot};
 use virtio::block::{Block, BlockConfig};
 use virtio::IoEventRegistrar;
-use vm_device::{Bus, BusDevice, SharedDevice};
+use vm_device::{Bus, BusDevice, Counters, SharedDevice};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::config::VmConfig;
 use crate::console::Console;
 use crate::msi::MsiRouter;
+use crate::request::DeviceInfo;
 use crate::ConfigError;
 use crate::Error;
 
-/// The buses the vCPUs dispatch exits to, and the PCI root behind them.
+/// The buses the vCPUs dispatch exits to, the PCI root behind them, and
+/// what the control plane reaches devices through.
 pub struct Buses {
     /// I/O ports.
     pub pio: Arc<Bus>,
@@ -31,6 +33,10 @@ pub struct Buses {
     pub mmio: Arc<Bus>,
     /// PCI bus 0.
     pub pci: Arc<Mutex<PciRoot>>,
+    /// The ACPI PM block (its power button).
+    pub power: Arc<Mutex<pm::PowerManagement>>,
+    /// Every device with its id and address, and its counters if it has any.
+    pub devices: Vec<(DeviceInfo, Option<Arc<Counters>>)>,
 }
 
 fn shared(device: impl BusDevice + 'static) -> SharedDevice {
@@ -44,6 +50,25 @@ fn insert(bus: &Bus, device: SharedDevice, base: u64, len: u64) -> Result<(), Er
 
 /// Builds a PCI device once its BAR address is known.
 type MakeDevice = Box<dyn FnOnce(u64, (IntxSetter, u8)) -> std::io::Result<SharedPciDevice>>;
+
+/// A PCI device waiting for its slot: its pinned slot, id, type, counters and constructor.
+struct PendingDevice {
+    addr: Option<u8>,
+    id: String,
+    kind: &'static str,
+    counters: Option<Arc<Counters>>,
+    make: MakeDevice,
+}
+
+fn legacy(id: &str, kind: &str, io_port: u16) -> (DeviceInfo, Option<Arc<Counters>>) {
+    let info = DeviceInfo {
+        id: id.into(),
+        kind: kind.into(),
+        pci_bdf: None,
+        io_port: Some(io_port),
+    };
+    (info, None)
+}
 
 /// Drives a PCI INTx line's level.
 type IntxSetter = Box<dyn Fn(bool) + Send + Sync>;
@@ -113,8 +138,8 @@ impl Buses {
                 tracing::debug!("SCI: {e}");
             }
         }));
-        // The control plane (API issue) will keep a handle to press the power button.
-        insert(&pio, shared(power), pm::PM_BASE, pm::PM_LEN)?;
+        let power = Arc::new(Mutex::new(power));
+        insert(&pio, power.clone(), pm::PM_BASE, pm::PM_LEN)?;
         if config.debug_exit {
             insert(
                 &pio,
@@ -140,7 +165,30 @@ impl Buses {
             PCI_ECAM_SIZE,
         )?;
 
-        let buses = Buses { pio, mmio, pci };
+        let mut devices = vec![
+            legacy(
+                crate::config::SERIAL_DEVICE_ID,
+                "serial",
+                serial::COM1_PORT as u16,
+            ),
+            legacy("i8042", "i8042", devices::i8042::PORT as u16),
+            legacy("rtc", "cmos-rtc", devices::cmos::PORT as u16),
+            legacy("acpi-pm", "acpi-pm", pm::PM_BASE as u16),
+        ];
+        if config.debug_exit {
+            devices.push(legacy(
+                "debug-exit",
+                "isa-debug-exit",
+                devices::debug_exit::PORT as u16,
+            ));
+        }
+        let mut buses = Buses {
+            pio,
+            mmio,
+            pci,
+            power,
+            devices,
+        };
         buses.add_virtio_devices(config, vm, mem, disks, channels)?;
         Ok(buses)
     }
@@ -149,7 +197,7 @@ impl Buses {
     /// with `addr=` take their slot, then disks in command-line order, then
     /// the console (channels), then the entropy device, each in the lowest free slot.
     fn add_virtio_devices(
-        &self,
+        &mut self,
         config: &VmConfig,
         vm: &Arc<Vm>,
         mem: &GuestMemory,
@@ -160,7 +208,7 @@ impl Buses {
         let mut mmio32 = AddressAllocator::new(PCI_MMIO32_START, PCI_MMIO32_SIZE);
         let router = Arc::new(MsiRouter::new(vm.clone()));
         let ioevents: Arc<dyn IoEventRegistrar> = Arc::new(KvmIoEvents(vm.clone()));
-        let mut devices: Vec<(Option<u8>, MakeDevice)> = Vec::new();
+        let mut devices: Vec<PendingDevice> = Vec::new();
         for (disk, file) in config.disks.iter().zip(disks) {
             let block_config = BlockConfig {
                 disk: file.clone(),
@@ -172,31 +220,42 @@ impl Buses {
                 physical_block_size: disk.physical_block_size,
                 discard: disk.discard,
             };
-            devices.push((
-                disk.addr,
-                virtio_device(Block::new(block_config), mem, &router.sender(), &ioevents),
-            ));
+            let block = Block::new(block_config);
+            devices.push(PendingDevice {
+                addr: disk.addr,
+                id: disk.id.clone().unwrap_or_default(),
+                kind: "virtio-blk",
+                counters: Some(block.counters()),
+                make: virtio_device(block, mem, &router.sender(), &ioevents),
+            });
         }
         if let Some(console) = channels {
             let device = virtio::SharedDevice::new(console.clone());
-            devices.push((
-                None,
-                virtio_device(device, mem, &router.sender(), &ioevents),
-            ));
+            devices.push(PendingDevice {
+                addr: None,
+                id: crate::config::CONSOLE_DEVICE_ID.into(),
+                kind: "virtio-console",
+                counters: None,
+                make: virtio_device(device, mem, &router.sender(), &ioevents),
+            });
         }
-        if config.rng {
-            devices.push((
-                None,
-                virtio_device(virtio::rng::Rng::new(), mem, &router.sender(), &ioevents),
-            ));
+        if let Some(rng) = &config.rng {
+            let device = virtio::rng::Rng::new();
+            devices.push(PendingDevice {
+                addr: None,
+                id: rng.id.clone().unwrap_or_default(),
+                kind: "virtio-rng",
+                counters: Some(device.counters()),
+                make: virtio_device(device, mem, &router.sender(), &ioevents),
+            });
         }
         let mut root = self.pci.lock().unwrap_or_else(|p| p.into_inner());
         // Pinned slots first, so that unpinned devices fill around them.
         let mut slots: Vec<u8> = Vec::new();
-        let pinned: Vec<u8> = devices.iter().filter_map(|(a, _)| *a).collect();
+        let pinned: Vec<u8> = devices.iter().filter_map(|d| d.addr).collect();
         let mut next_free = 1u8;
-        for (addr, _) in &devices {
-            let slot = match addr {
+        for device in &devices {
+            let slot = match &device.addr {
                 Some(a) if slots.contains(a) => {
                     return Err(ConfigError::new(
                         "--disk",
@@ -219,7 +278,8 @@ impl Buses {
             };
             slots.push(slot);
         }
-        for ((_, make), slot) in devices.into_iter().zip(slots) {
+        for (pending, slot) in devices.into_iter().zip(slots) {
+            let make = pending.make;
             let bar = mmio32
                 .allocate(virtio::pci_transport::layout::BAR_SIZE)
                 .ok_or_else(|| Error::Internal("PCI MMIO window full".into()))?;
@@ -237,6 +297,13 @@ impl Buses {
                 .map_err(|e| Error::Internal(e.to_string()))?;
             // Decoding starts on: the VMM is the firmware here.
             root.enable_decoding(slot);
+            let info = DeviceInfo {
+                id: pending.id,
+                kind: pending.kind.into(),
+                pci_bdf: Some(format!("0000:00:{slot:02x}.0")),
+                io_port: None,
+            };
+            self.devices.push((info, pending.counters));
         }
         Ok(())
     }

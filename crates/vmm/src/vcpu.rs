@@ -1,19 +1,93 @@
-//! vCPU threads: configuring each vCPU for boot, and the run loop that serves
-//! its exits until the VM stops it.
+//! vCPU threads: configuring each vCPU for boot, the run loop that serves
+//! its exits until the VM stops it, and the gate that parks every vCPU for a
+//! pause.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use arch::cpu::{self, EntryPoint};
 use arch::cpuid::{self, Topology};
 use arch::GuestMemory;
 use hypervisor::kvm_bindings::CpuId;
 use hypervisor::{SystemEvent, Vcpu, VcpuExit};
-use vm_device::Bus;
+use vm_device::{Bus, Counters};
 
-use crate::vm::{Event, Tagged};
+use crate::control::{Event, Msg, Tagged};
 use crate::Error;
+
+/// The exit counters of each vCPU (`vm.counters`).
+pub const COUNTER_NAMES: &[&str] = &["exits", "io", "mmio", "interrupted", "paused"];
+const EXITS: usize = 0;
+const IO: usize = 1;
+const MMIO: usize = 2;
+const INTERRUPTED: usize = 3;
+const PAUSED: usize = 4;
+
+/// Parks vCPU threads between their exits while the VM is paused.
+#[derive(Default)]
+pub struct VcpuGate {
+    state: Mutex<GateState>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct GateState {
+    paused: bool,
+    parked: usize,
+}
+
+impl VcpuGate {
+    fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Asks every vCPU to park; the caller then kicks them out of `KVM_RUN`.
+    pub fn close(&self) {
+        self.lock().paused = true;
+    }
+
+    /// Waits until `running` vCPU threads have parked; `false` on timeout.
+    pub fn wait_parked(&self, running: impl Fn() -> usize, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut state = self.lock();
+        while state.parked < running() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            state = self
+                .changed
+                .wait_timeout(state, left.min(Duration::from_millis(50)))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        true
+    }
+
+    /// Lets every parked vCPU run again.
+    pub fn open(&self) {
+        self.lock().paused = false;
+        self.changed.notify_all();
+    }
+
+    /// On a vCPU thread: parks while the gate is closed and `stop` is not set.
+    /// Returns whether it parked.
+    fn park_if_closed(&self, stop: &AtomicBool) -> bool {
+        let mut state = self.lock();
+        if !state.paused {
+            return false;
+        }
+        state.parked += 1;
+        self.changed.notify_all();
+        while state.paused && !stop.load(Ordering::Acquire) {
+            state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+        state.parked -= 1;
+        true
+    }
+}
 
 /// Gives `vcpu` its CPUID, MSRs, FPU and LAPIC wiring; the boot vCPU also gets
 /// the entry state. Application processors wait for INIT/SIPI from the guest.
@@ -60,11 +134,15 @@ pub struct VcpuRunner {
     /// MMIO devices.
     pub mmio: Arc<Bus>,
     /// Where faults and KVM system events go.
-    pub events: Sender<Tagged>,
+    pub events: Sender<Msg>,
     /// The VM instance's generation, tagged on every event.
     pub generation: u64,
     /// Set when the VM stops; the thread then returns.
     pub stop: Arc<AtomicBool>,
+    /// Closed while the VM is paused.
+    pub gate: Arc<VcpuGate>,
+    /// Exit counters.
+    pub counters: Arc<Counters>,
 }
 
 impl VcpuRunner {
@@ -72,11 +150,16 @@ impl VcpuRunner {
     /// vCPU so that its run structure outlives every kick aimed at it.
     pub fn run(mut self) -> Vcpu {
         while !self.stop.load(Ordering::Acquire) {
+            if self.gate.park_if_closed(&self.stop) {
+                self.counters.add(PAUSED, 1);
+                self.vcpu.clear_exit_request();
+                continue;
+            }
             if let Some(event) = self.step() {
-                let _ = self.events.send(Tagged {
+                let _ = self.events.send(Msg::Event(Tagged {
                     generation: self.generation,
                     event,
-                });
+                }));
                 break;
             }
         }
@@ -87,7 +170,16 @@ impl VcpuRunner {
     fn step(&mut self) -> Option<Event> {
         let id = self.vcpu.id();
         let fault = |reason: String| Some(Event::Fault { vcpu: id, reason });
-        match self.vcpu.run() {
+        let counters = &self.counters;
+        counters.add(EXITS, 1);
+        let exit = self.vcpu.run();
+        match &exit {
+            Ok(VcpuExit::IoOut { .. } | VcpuExit::IoIn { .. }) => counters.add(IO, 1),
+            Ok(VcpuExit::MmioWrite { .. } | VcpuExit::MmioRead { .. }) => counters.add(MMIO, 1),
+            Ok(VcpuExit::Interrupted) => counters.add(INTERRUPTED, 1),
+            _ => {}
+        }
+        match exit {
             Ok(VcpuExit::IoOut { port, data }) => {
                 if !self.pio.write(u64::from(port), data) {
                     tracing::trace!("unclaimed port write {port:#x}");

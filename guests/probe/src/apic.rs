@@ -116,6 +116,19 @@ impl LocalApic {
         self.write(REG_TIMER_INITIAL, initial_count);
     }
 
+    /// Puts the timer in one-shot mode on `vector`, stopped; each
+    /// [`LocalApic::arm_one_shot`] then starts one countdown.
+    pub fn start_one_shot_timer(&self, vector: u8, divide: u32) {
+        self.write(REG_TIMER_INITIAL, 0);
+        self.write(REG_TIMER_DIVIDE, divide);
+        self.write(REG_LVT_TIMER, u32::from(vector));
+    }
+
+    /// (Re)starts a one-shot countdown of `count` (0 stops the timer).
+    pub fn arm_one_shot(&self, count: u32) {
+        self.write(REG_TIMER_INITIAL, count);
+    }
+
     /// Masks and stops the timer.
     pub fn stop_timer(&self) {
         self.write(REG_LVT_TIMER, LVT_MASKED);

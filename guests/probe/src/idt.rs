@@ -1,7 +1,8 @@
 //! The 64-bit IDT: exception stubs that turn any CPU exception into a FAIL,
 //! the APIC timer handler (vector 0x40), counting handlers for device
 //! interrupts (MSI/MSI-X, vectors 0x50..0x57), the legacy INTx handler
-//! (vector 0x58, through the I/O APIC) and the spurious-interrupt handler.
+//! (vector 0x58, through the I/O APIC), the ACPI SCI handler (vector 0x59,
+//! fixed-feature power button) and the spurious-interrupt handler.
 //!
 //! `extern "x86-interrupt"` is nightly-only, so the entry stubs are written
 //! in assembly.
@@ -36,6 +37,19 @@ pub static INTX_ACK_ADDR: AtomicU64 = AtomicU64::new(0);
 pub static INTX_IRQS: AtomicU64 = AtomicU64::new(0);
 /// The INTx interrupts whose acknowledging read returned 0 (not ours).
 pub static INTX_IDLE: AtomicU64 = AtomicU64::new(0);
+
+/// Vector of the ACPI SCI handler: counts, reads PM1_STS (the 16-bit port
+/// in [`SCI_PM1_STS_PORT`]), and if PWRBTN_STS (bit 8) is set clears it
+/// (write 1) and counts a power button press, then sends an EOI. The
+/// status is cleared before the EOI: the SCI is level-triggered and stays
+/// asserted while an enabled status bit is set.
+pub const SCI_VECTOR: u8 = 0x59;
+/// PM1a_STS's I/O port for the SCI handler (0: none, only EOI).
+pub static SCI_PM1_STS_PORT: AtomicU64 = AtomicU64::new(0);
+/// Interrupts taken on [`SCI_VECTOR`].
+pub static SCI_IRQS: AtomicU64 = AtomicU64::new(0);
+/// Power button presses the SCI handler saw (PWRBTN_STS found set).
+pub static POWER_BUTTON_PRESSES: AtomicU64 = AtomicU64::new(0);
 
 /// Interrupts taken on each device vector.
 static DEVICE_IRQS: [AtomicU64; DEVICE_VECTORS] = [const { AtomicU64::new(0) }; DEVICE_VECTORS];
@@ -108,6 +122,7 @@ extern "C" {
     fn timer_isr();
     fn spurious_isr();
     fn intx_isr();
+    fn sci_isr();
 }
 
 /// Fills the IDT and loads it on this CPU.
@@ -138,6 +153,7 @@ pub fn init() {
         *gate = Gate::interrupt(stub);
     }
     gates[usize::from(INTX_VECTOR)] = Gate::interrupt(intx_isr as *const () as u64);
+    gates[usize::from(SCI_VECTOR)] = Gate::interrupt(sci_isr as *const () as u64);
     load();
 }
 
@@ -245,6 +261,29 @@ intx_isr:
     pop %rax
     iretq
 
+    /* ACPI SCI: count; if PM1_STS has PWRBTN_STS (bit 8), write 1 to clear
+       it and count a press; then EOI (after the clear: the line is
+       level-triggered). */
+    .globl sci_isr
+sci_isr:
+    push %rax
+    push %rdx
+    lock incq {sci_irqs}(%rip)
+    mov {sci_port}(%rip), %rdx
+    test %rdx, %rdx
+    jz 3f
+    inw %dx, %ax
+    test $0x100, %ax
+    jz 3f
+    mov $0x100, %eax
+    outw %ax, %dx
+    lock incq {presses}(%rip)
+3:  mov {eoi}(%rip), %rax
+    movl $0, (%rax)
+    pop %rdx
+    pop %rax
+    iretq
+
     .section .rodata.exception_stubs, "a"
     .balign 8
     .globl exception_stubs
@@ -269,6 +308,9 @@ device_stubs:
     intx_irqs = sym INTX_IRQS,
     intx_ack = sym INTX_ACK_ADDR,
     intx_idle = sym INTX_IDLE,
+    sci_irqs = sym SCI_IRQS,
+    sci_port = sym SCI_PM1_STS_PORT,
+    presses = sym POWER_BUTTON_PRESSES,
     options(att_syntax)
 );
 

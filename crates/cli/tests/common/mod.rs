@@ -29,3 +29,5 @@ pub fn run(command: Command) -> Exited {
 pub fn debug_exit(v: i32) -> i32 {
     (v << 1) | 1
 }
+
+pub mod rest;

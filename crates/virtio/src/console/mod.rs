@@ -241,4 +241,14 @@ impl VirtioDevice for Console {
         // Joins the thread; listeners, clients and unread input stay in `hosts`.
         self.worker = None;
     }
+
+    fn pause(&mut self) -> bool {
+        self.worker.as_ref().is_none_or(ConsoleWorker::pause)
+    }
+
+    fn resume(&mut self) {
+        if let Some(w) = &self.worker {
+            w.resume();
+        }
+    }
 }

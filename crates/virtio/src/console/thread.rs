@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
@@ -14,14 +15,17 @@ use vmm_sys_util::eventfd::EventFd;
 use super::control::RateLimit;
 use super::engine::Engine;
 use super::host::Interest;
+use crate::worker::PauseControl;
 
 const STOP: u64 = u64::MAX;
 const WAKE: u64 = u64::MAX - 1;
+const CONTROL: u64 = u64::MAX - 2;
 
 /// A running console worker; dropping it stops and joins the thread.
 pub(super) struct ConsoleWorker {
     stop: EventFd,
     wake: EventFd,
+    control: Arc<PauseControl>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -30,7 +34,13 @@ impl ConsoleWorker {
     pub fn spawn(engine: Engine, events: Vec<(u16, EventFd)>) -> io::Result<ConsoleWorker> {
         let stop = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?;
         let wake = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?;
+        let control = PauseControl::new()?;
         let epoll = Epoll::new()?;
+        epoll.ctl(
+            ControlOperation::Add,
+            control.event().as_raw_fd(),
+            EpollEvent::new(EventSet::IN, CONTROL),
+        )?;
         epoll.ctl(
             ControlOperation::Add,
             stop.as_raw_fd(),
@@ -53,14 +63,34 @@ impl ConsoleWorker {
         }
         let stop_fd = stop.try_clone()?;
         let wake_fd = wake.try_clone()?;
+        let thread_control = control.clone();
         let thread = std::thread::Builder::new()
             .name("virtio-console".into())
-            .spawn(move || run(&epoll, engine, &queues, &stop_fd, &wake_fd))?;
+            .spawn(move || {
+                let fds = Fds {
+                    stop: &stop_fd,
+                    wake: &wake_fd,
+                    control: &thread_control,
+                };
+                run(&epoll, engine, &queues, fds)
+            })?;
         Ok(ConsoleWorker {
             stop,
             wake,
+            control,
             thread: Some(thread),
         })
+    }
+
+    /// Parks the thread (it serves chains synchronously, so nothing is in
+    /// flight); `false` if it did not park in time.
+    pub fn pause(&self) -> bool {
+        self.control.pause(self.thread.as_ref())
+    }
+
+    /// Lets the thread run again.
+    pub fn resume(&self) {
+        self.control.resume();
     }
 
     /// Makes the thread run the engine again (new `emerg_wr` bytes).
@@ -72,6 +102,7 @@ impl ConsoleWorker {
 impl Drop for ConsoleWorker {
     fn drop(&mut self) {
         let _ = self.stop.write(1);
+        self.control.resume();
         if let Some(t) = self.thread.take() {
             if t.join().is_err() {
                 tracing::error!("virtio-console: the worker thread panicked");
@@ -80,13 +111,19 @@ impl Drop for ConsoleWorker {
     }
 }
 
-fn run(
-    epoll: &Epoll,
-    mut engine: Engine,
-    queues: &HashMap<u64, EventFd>,
-    stop: &EventFd,
-    wake: &EventFd,
-) {
+/// The worker's own eventfds.
+struct Fds<'a> {
+    stop: &'a EventFd,
+    wake: &'a EventFd,
+    control: &'a PauseControl,
+}
+
+fn run(epoll: &Epoll, mut engine: Engine, queues: &HashMap<u64, EventFd>, fds: Fds) {
+    let Fds {
+        stop,
+        wake,
+        control,
+    } = fds;
     let mut registry = Registry::default();
     let mut ready = [EpollEvent::default(); 32];
     loop {
@@ -109,6 +146,7 @@ fn run(
                 WAKE => {
                     let _ = wake.read();
                 }
+                CONTROL => control.park_if_asked(|| {}),
                 token => match queues.get(&token) {
                     // Drain the counter; the pump serves every queue.
                     Some(e) => {

@@ -14,6 +14,7 @@ mod pci;
 mod poweroff;
 mod reboot;
 mod rng;
+mod ticks;
 
 use crate::bail;
 use crate::exit::Reason;
@@ -71,6 +72,10 @@ const PROGRAMS: &[Program] = &[
     Program {
         name: "blkbench",
         run: blkbench::run,
+    },
+    Program {
+        name: "ticks",
+        run: ticks::run,
     },
 ];
 

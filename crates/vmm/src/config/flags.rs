@@ -1,141 +1,14 @@
-//! The VM configuration and the parsers of its command-line flags
-//! (Cloud Hypervisor style: `--cpus boot=2`, `--memory size=512M`,
-//! `--serial file=/tmp/out`).
+//! Parsers of the command-line flags (Cloud Hypervisor style:
+//! `--cpus boot=2`, `--memory size=512M`, `--disk path=…,readonly=on`).
+//! Each builds the config type and runs the same checks as a config file.
 
 use std::path::PathBuf;
 
-/// The whole configuration of one VM.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VmConfig {
-    /// The kernel image.
-    pub kernel: PathBuf,
-    /// The initramfs, if any.
-    pub initramfs: Option<PathBuf>,
-    /// The kernel command line.
-    pub cmdline: String,
-    /// vCPUs.
-    pub cpus: CpusConfig,
-    /// Guest RAM.
-    pub memory: MemoryConfig,
-    /// Where COM1 goes.
-    pub serial: SerialConfig,
-    /// Whether port 0xf4 ends the VMM (QEMU's isa-debug-exit).
-    pub debug_exit: bool,
-    /// What a guest reset does.
-    pub on_reboot: RebootPolicy,
-    /// Whether the guest gets a virtio entropy device.
-    pub rng: bool,
-    /// virtio-blk disks, in PCI slot order.
-    pub disks: Vec<DiskConfig>,
-    /// Ports of the virtio-console (virtio-serial) device, in port order.
-    pub channels: Vec<ChannelConfig>,
-}
-
-/// `--channel`: one port of the virtio-console device.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChannelConfig {
-    /// Port name (the guest's /dev/virtio-ports/NAME).
-    pub name: String,
-    /// Host side of the port.
-    pub backend: ChannelBackend,
-    /// Announce the port as a console (hvc).
-    pub console: bool,
-}
-
-/// Host side of a channel.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ChannelBackend {
-    /// A Unix socket the VMM listens on (one client at a time, reconnects allowed).
-    Socket(PathBuf),
-    /// A file that receives the guest's output.
-    File(PathBuf),
-}
-
-/// `--disk`: one virtio-blk device.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DiskConfig {
-    /// Raw image file or block device.
-    pub path: PathBuf,
-    /// Refuse guest writes.
-    pub readonly: bool,
-    /// Open with O_DIRECT (bypass the host page cache).
-    pub direct: bool,
-    /// GET_ID answer (at most 20 bytes).
-    pub serial: Option<String>,
-    /// Request queues.
-    pub num_queues: u16,
-    /// Size of each queue (a power of two, 2..=32768).
-    pub queue_size: u16,
-    /// Name of the device.
-    pub id: Option<String>,
-    /// Logical block size (512 or 4096; default: the host's).
-    pub logical_block_size: Option<u32>,
-    /// Physical block size (default: the host's).
-    pub physical_block_size: Option<u32>,
-    /// Offer discard and write-zeroes.
-    pub discard: bool,
-    /// PCI slot (1..=31); default: the next free one.
-    pub addr: Option<u8>,
-}
-
-/// `--cpus`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CpusConfig {
-    /// vCPUs started at boot.
-    pub boot: u32,
-}
-
-/// `--memory`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MemoryConfig {
-    /// Guest RAM in bytes.
-    pub size: u64,
-}
-
-/// `--serial`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SerialConfig {
-    /// The VMM's stdin and stdout (a terminal is put in raw mode).
-    Tty,
-    /// Output appended to a file; no input.
-    File(PathBuf),
-    /// A Unix socket the VMM listens on; one client at a time.
-    Socket(PathBuf),
-    /// No serial port backend (the UART exists; output is discarded).
-    Off,
-}
-
-/// `--on-reboot`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RebootPolicy {
-    /// Rebuild the VM and boot again.
-    Restart,
-    /// End the VMM with status 0.
-    Exit,
-}
-
-/// A flag whose value could not be used.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{flag}: {message}")]
-pub struct ConfigError {
-    /// The flag, for example `--cpus`.
-    pub flag: &'static str,
-    /// What is wrong with it.
-    pub message: String,
-}
-
-impl ConfigError {
-    /// An error about `flag`.
-    pub fn new(flag: &'static str, message: impl Into<String>) -> ConfigError {
-        ConfigError {
-            flag,
-            message: message.into(),
-        }
-    }
-}
-
-/// The largest guest RAM accepted (64 TiB).
-pub const MAX_MEMORY: u64 = 64 << 40;
+use super::validate;
+use super::{
+    ChannelBackend, ChannelConfig, ConfigError, CpusConfig, DiskConfig, MemoryConfig, RebootPolicy,
+    SerialConfig,
+};
 
 /// Splits `a=1,b=2` into pairs, refusing keys outside `known` and repeated keys.
 pub fn parse_options<'a>(
@@ -195,13 +68,9 @@ pub fn parse_cpus(value: &str) -> Result<CpusConfig, ConfigError> {
         }
     }
     let boot = boot.ok_or_else(|| ConfigError::new(FLAG, "boot=N is required"))?;
-    if boot == 0 {
-        return Err(ConfigError::new(
-            FLAG,
-            "boot=0: a VM needs at least one vCPU",
-        ));
-    }
-    Ok(CpusConfig { boot })
+    let cpus = CpusConfig { boot };
+    validate::cpus(&cpus)?;
+    Ok(cpus)
 }
 
 /// Parses `--memory size=SIZE`.
@@ -214,26 +83,9 @@ pub fn parse_memory(value: &str) -> Result<MemoryConfig, ConfigError> {
         }
     }
     let size = size.ok_or_else(|| ConfigError::new(FLAG, "size=SIZE is required"))?;
-    let min = arch::layout::MIN_MEMORY;
-    if size < min {
-        return Err(ConfigError::new(
-            FLAG,
-            format!("size={size}: at least {} MiB is needed", min >> 20),
-        ));
-    }
-    if size > MAX_MEMORY {
-        return Err(ConfigError::new(
-            FLAG,
-            format!("size={size}: at most {} TiB is supported", MAX_MEMORY >> 40),
-        ));
-    }
-    if size % 4096 != 0 {
-        return Err(ConfigError::new(
-            FLAG,
-            format!("size={size}: must be a multiple of 4 KiB"),
-        ));
-    }
-    Ok(MemoryConfig { size })
+    let memory = MemoryConfig { size };
+    validate::memory(&memory)?;
+    Ok(memory)
 }
 
 /// Parses `--serial tty|off|file=PATH|socket=PATH`.
@@ -252,8 +104,12 @@ pub fn parse_serial(value: &str) -> Result<SerialConfig, ConfigError> {
     };
     let pairs = parse_options(FLAG, value, &["file", "socket"]).map_err(|_| expected())?;
     match pairs.as_slice() {
-        [("file", p)] if !p.is_empty() => Ok(SerialConfig::File(PathBuf::from(p))),
-        [("socket", p)] if !p.is_empty() => Ok(SerialConfig::Socket(PathBuf::from(p))),
+        [("file", p)] if !p.is_empty() => Ok(SerialConfig::File {
+            path: PathBuf::from(p),
+        }),
+        [("socket", p)] if !p.is_empty() => Ok(SerialConfig::Socket {
+            path: PathBuf::from(p),
+        }),
         _ => Err(ConfigError::new(
             FLAG,
             format!("'{value}': expected tty, off, file=PATH or socket=PATH"),
@@ -261,7 +117,8 @@ pub fn parse_serial(value: &str) -> Result<SerialConfig, ConfigError> {
     }
 }
 
-fn parse_on_off(flag: &'static str, key: &str, value: &str) -> Result<bool, ConfigError> {
+/// Parses `on`/`off` (or `true`/`false`) for option `key` of `flag`.
+pub fn parse_on_off(flag: &'static str, key: &str, value: &str) -> Result<bool, ConfigError> {
     match value {
         "on" | "true" => Ok(true),
         "off" | "false" => Ok(false),
@@ -299,19 +156,7 @@ pub fn parse_disk(value: &str) -> Result<DiskConfig, ConfigError> {
         "discard",
         "addr",
     ];
-    let mut disk = DiskConfig {
-        path: PathBuf::new(),
-        readonly: false,
-        direct: false,
-        serial: None,
-        num_queues: 1,
-        queue_size: 256,
-        id: None,
-        logical_block_size: None,
-        physical_block_size: None,
-        discard: true,
-        addr: None,
-    };
+    let mut disk = DiskConfig::new(PathBuf::new());
     for (key, val) in parse_options(FLAG, value, &KEYS)? {
         match key {
             "path" => disk.path = PathBuf::from(val),
@@ -327,48 +172,7 @@ pub fn parse_disk(value: &str) -> Result<DiskConfig, ConfigError> {
             _ => disk.addr = Some(parse_number(FLAG, key, val)?),
         }
     }
-    if disk.path.as_os_str().is_empty() {
-        return Err(ConfigError::new(FLAG, "path=FILE is required"));
-    }
-    if !(1..=64).contains(&disk.num_queues) {
-        return Err(ConfigError::new(
-            FLAG,
-            format!("num_queues={}: must be 1 to 64", disk.num_queues),
-        ));
-    }
-    if !disk.queue_size.is_power_of_two() || !(2..=32768).contains(&disk.queue_size) {
-        return Err(ConfigError::new(
-            FLAG,
-            format!(
-                "queue_size={}: must be a power of two from 2 to 32768",
-                disk.queue_size
-            ),
-        ));
-    }
-    for (key, size) in [
-        ("logical_block_size", disk.logical_block_size),
-        ("physical_block_size", disk.physical_block_size),
-    ] {
-        if let Some(size) = size {
-            if !size.is_power_of_two() || !(512..=65536).contains(&size) {
-                return Err(ConfigError::new(
-                    FLAG,
-                    format!("{key}={size}: must be a power of two from 512 to 65536"),
-                ));
-            }
-        }
-    }
-    if let (Some(l), Some(p)) = (disk.logical_block_size, disk.physical_block_size) {
-        if p < l {
-            return Err(ConfigError::new(
-                FLAG,
-                "physical_block_size must not be smaller than logical_block_size",
-            ));
-        }
-    }
-    if disk.addr.is_some_and(|a| !(1..=31).contains(&a)) {
-        return Err(ConfigError::new(FLAG, "addr: PCI slots 1 to 31"));
-    }
+    validate::disk(&disk)?;
     Ok(disk)
 }
 
@@ -389,22 +193,15 @@ pub fn parse_channel(value: &str) -> Result<ChannelConfig, ConfigError> {
             _ => console = parse_on_off(FLAG, key, val)?,
         }
     }
-    let name = name
-        .filter(|n| !n.is_empty())
-        .ok_or_else(|| ConfigError::new(FLAG, "name=NAME is required"))?;
-    if name.len() > 255 || name.contains('/') || name.chars().any(char::is_control) {
-        return Err(ConfigError::new(
-            FLAG,
-            format!("name={name}: at most 255 characters, no '/' or control characters"),
-        ));
-    }
     let backend =
         backend.ok_or_else(|| ConfigError::new(FLAG, "socket=PATH or path=FILE is required"))?;
-    Ok(ChannelConfig {
-        name,
+    let channel = ChannelConfig {
+        name: name.unwrap_or_default(),
         backend,
         console,
-    })
+    };
+    validate::channel(&channel)?;
+    Ok(channel)
 }
 
 /// Parses `--on-reboot restart|exit`.
@@ -524,11 +321,15 @@ mod tests {
         assert_eq!(parse_serial("off"), Ok(SerialConfig::Off));
         assert_eq!(
             parse_serial("file=/tmp/x"),
-            Ok(SerialConfig::File("/tmp/x".into()))
+            Ok(SerialConfig::File {
+                path: "/tmp/x".into()
+            })
         );
         assert_eq!(
             parse_serial("socket=/tmp/s"),
-            Ok(SerialConfig::Socket("/tmp/s".into()))
+            Ok(SerialConfig::Socket {
+                path: "/tmp/s".into()
+            })
         );
         assert!(parse_serial("file=").is_err());
         assert!(parse_serial("file=a,socket=b").is_err());

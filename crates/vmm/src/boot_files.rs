@@ -1,0 +1,93 @@
+//! The files a VM boots from and the host resources it holds across
+//! reboots: kernel and initramfs (read once, so a reboot cannot see them
+//! change), disks and the virtio-console's sockets.
+
+use std::sync::{Arc, Mutex};
+
+use arch::{memory_map, mptable};
+
+use crate::config::VmConfig;
+use crate::{ConfigError, Error};
+
+/// The files the VM boots, read once so that a reboot cannot see them change.
+pub(crate) struct BootFiles {
+    pub kernel: Vec<u8>,
+    pub initramfs: Option<Vec<u8>>,
+    /// The disks, opened once; a reboot keeps them open.
+    pub disks: Vec<Arc<dyn block::DiskFile>>,
+    /// The virtio-console device: its sockets and clients outlive reboots.
+    pub channels: Option<Arc<Mutex<virtio::console::Console>>>,
+}
+
+/// Refuses vCPU counts this host or this platform cannot run.
+pub(crate) fn validate_cpus(config: &VmConfig, kvm_max: usize) -> Result<(), Error> {
+    let boot = config.cpus.boot;
+    let why = if boot as usize > kvm_max {
+        format!("KVM on this host allows at most {kvm_max} vCPUs")
+    } else if boot > mptable::MAX_CPUS {
+        format!(
+            "at most {} vCPUs until x2APIC and the ACPI MADT land",
+            mptable::MAX_CPUS
+        )
+    } else {
+        return Ok(());
+    };
+    Err(ConfigError::new("--cpus", format!("boot={boot}: {why}")).into())
+}
+
+fn read_limited(flag: &'static str, path: &std::path::Path, limit: u64) -> Result<Vec<u8>, Error> {
+    let meta = std::fs::metadata(path)
+        .map_err(|e| ConfigError::new(flag, format!("{}: {e}", path.display())))?;
+    if !meta.is_file() {
+        return Err(
+            ConfigError::new(flag, format!("{}: not a regular file", path.display())).into(),
+        );
+    }
+    if meta.len() > limit {
+        return Err(ConfigError::new(
+            flag,
+            format!(
+                "{}: {} bytes do not fit in {} bytes of guest RAM",
+                path.display(),
+                meta.len(),
+                limit
+            ),
+        )
+        .into());
+    }
+    std::fs::read(path)
+        .map_err(|e| ConfigError::new(flag, format!("{}: {e}", path.display())).into())
+}
+
+/// Reads the kernel and initramfs and opens the disks and channel sockets.
+pub(crate) fn read_boot_files(config: &VmConfig) -> Result<BootFiles, Error> {
+    let ram = memory_map::low_ram_end(config.memory.size);
+    let kernel = read_limited("--kernel", &config.payload.kernel, ram)?;
+    let initramfs = match &config.payload.initramfs {
+        Some(path) => Some(read_limited("--initramfs", path, ram)?),
+        None => None,
+    };
+    let mut disks: Vec<Arc<dyn block::DiskFile>> = Vec::new();
+    for disk in &config.disks {
+        let options = block::OpenOptions {
+            read_only: disk.readonly,
+            direct: disk.direct,
+        };
+        let file = block::RawFile::open(&disk.path, options)
+            .map_err(|e| ConfigError::new("--disk", format!("{}: {e}", disk.path.display())))?;
+        disks.push(Arc::new(file));
+    }
+    let channels = if config.channels.is_empty() {
+        None
+    } else {
+        Some(Arc::new(Mutex::new(crate::channels::create(
+            &config.channels,
+        )?)))
+    };
+    Ok(BootFiles {
+        kernel,
+        initramfs,
+        disks,
+        channels,
+    })
+}

@@ -1,0 +1,287 @@
+//! The VM configuration: one set of serde types for the command line, a
+//! config file (`--config vm.toml` or JSON) and the HTTP API, with one
+//! validation that every source goes through.
+//!
+//! The JSON names follow Cloud Hypervisor's where it has the same concept
+//! (`payload.kernel`, `cpus.boot_vcpus`, `memory.size`, `disks[].path`).
+
+mod file;
+mod flags;
+mod validate;
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+pub use file::{from_document, load_file};
+pub use flags::{
+    parse_channel, parse_cpus, parse_disk, parse_memory, parse_on_off, parse_on_reboot,
+    parse_options, parse_serial, parse_size,
+};
+
+/// The whole configuration of one VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmConfig {
+    /// What the VM boots.
+    pub payload: PayloadConfig,
+    /// vCPUs.
+    #[serde(default)]
+    pub cpus: CpusConfig,
+    /// Guest RAM.
+    #[serde(default)]
+    pub memory: MemoryConfig,
+    /// Where COM1 goes.
+    #[serde(default)]
+    pub serial: SerialConfig,
+    /// Whether port 0xf4 ends the VMM (QEMU's isa-debug-exit).
+    #[serde(default)]
+    pub debug_exit: bool,
+    /// What a guest reset does.
+    #[serde(default)]
+    pub on_reboot: RebootPolicy,
+    /// The virtio entropy device, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rng: Option<RngConfig>,
+    /// virtio-blk disks, in PCI slot order.
+    #[serde(default)]
+    pub disks: Vec<DiskConfig>,
+    /// Ports of the virtio-console (virtio-serial) device, in port order.
+    #[serde(default)]
+    pub channels: Vec<ChannelConfig>,
+}
+
+/// The kernel, its initramfs and command line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PayloadConfig {
+    /// The kernel image (PVH ELF, ELF vmlinux, bzImage or multiboot ELF).
+    pub kernel: PathBuf,
+    /// The initramfs, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initramfs: Option<PathBuf>,
+    /// The kernel command line.
+    #[serde(default)]
+    pub cmdline: String,
+}
+
+/// `--rng`: a virtio-rng device fed from the host's getrandom.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RngConfig {
+    /// Name of the device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+}
+
+/// `--channel`: one port of the virtio-console device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelConfig {
+    /// Port name (the guest's /dev/virtio-ports/NAME).
+    pub name: String,
+    /// Host side of the port.
+    pub backend: ChannelBackend,
+    /// Announce the port as a console (hvc).
+    #[serde(default)]
+    pub console: bool,
+}
+
+/// Host side of a channel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChannelBackend {
+    /// A Unix socket the VMM listens on (one client at a time, reconnects allowed).
+    Socket(PathBuf),
+    /// A file that receives the guest's output.
+    File(PathBuf),
+}
+
+/// `--disk`: one virtio-blk device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskConfig {
+    /// Raw image file or block device.
+    pub path: PathBuf,
+    /// Refuse guest writes.
+    #[serde(default)]
+    pub readonly: bool,
+    /// Open with O_DIRECT (bypass the host page cache).
+    #[serde(default)]
+    pub direct: bool,
+    /// GET_ID answer (at most 20 bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
+    /// Request queues.
+    #[serde(default = "default_num_queues")]
+    pub num_queues: u16,
+    /// Size of each queue (a power of two, 2..=32768).
+    #[serde(default = "default_queue_size")]
+    pub queue_size: u16,
+    /// Name of the device (default `disk0`, `disk1`, ... in order).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Logical block size (512 or 4096; default: the host's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logical_block_size: Option<u32>,
+    /// Physical block size (default: the host's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub physical_block_size: Option<u32>,
+    /// Offer discard and write-zeroes.
+    #[serde(default = "default_true")]
+    pub discard: bool,
+    /// PCI slot (1..=31); default: the next free one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addr: Option<u8>,
+}
+
+impl DiskConfig {
+    /// A disk at `path` with every option at its default.
+    pub fn new(path: PathBuf) -> DiskConfig {
+        DiskConfig {
+            path,
+            readonly: false,
+            direct: false,
+            serial: None,
+            num_queues: default_num_queues(),
+            queue_size: default_queue_size(),
+            id: None,
+            logical_block_size: None,
+            physical_block_size: None,
+            discard: true,
+            addr: None,
+        }
+    }
+}
+
+fn default_num_queues() -> u16 {
+    1
+}
+
+fn default_queue_size() -> u16 {
+    256
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// `--cpus`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CpusConfig {
+    /// vCPUs started at boot.
+    #[serde(rename = "boot_vcpus")]
+    pub boot: u32,
+}
+
+impl Default for CpusConfig {
+    fn default() -> CpusConfig {
+        CpusConfig { boot: 1 }
+    }
+}
+
+/// `--memory`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryConfig {
+    /// Guest RAM in bytes (a config file may also say `"512M"`).
+    #[serde(deserialize_with = "file::size")]
+    pub size: u64,
+}
+
+impl Default for MemoryConfig {
+    fn default() -> MemoryConfig {
+        MemoryConfig { size: 512 << 20 }
+    }
+}
+
+/// `--serial`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "mode", rename_all = "lowercase", deny_unknown_fields)]
+pub enum SerialConfig {
+    /// The VMM's stdin and stdout (a terminal is put in raw mode).
+    #[default]
+    Tty,
+    /// Output appended to a file; no input.
+    File {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A Unix socket the VMM listens on; one client at a time.
+    Socket {
+        /// The socket.
+        path: PathBuf,
+    },
+    /// No serial port backend (the UART exists; output is discarded).
+    Off,
+}
+
+/// `--on-reboot`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RebootPolicy {
+    /// Rebuild the VM and boot again.
+    #[default]
+    Restart,
+    /// Stop the VM (the VMM exits with status 0 unless it serves an API).
+    Exit,
+}
+
+/// A setting that cannot be used: the flag (or config field) and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{flag}: {message}")]
+pub struct ConfigError {
+    /// The flag, for example `--cpus`, or the config file field.
+    pub flag: &'static str,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl ConfigError {
+    /// An error about `flag`.
+    pub fn new(flag: &'static str, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            flag,
+            message: message.into(),
+        }
+    }
+}
+
+/// The largest guest RAM accepted (64 TiB).
+pub const MAX_MEMORY: u64 = 64 << 40;
+
+impl VmConfig {
+    /// A configuration booting `kernel` with every other setting at its default.
+    pub fn with_kernel(kernel: PathBuf) -> VmConfig {
+        VmConfig {
+            payload: PayloadConfig {
+                kernel,
+                initramfs: None,
+                cmdline: String::new(),
+            },
+            cpus: CpusConfig::default(),
+            memory: MemoryConfig::default(),
+            serial: SerialConfig::default(),
+            debug_exit: false,
+            on_reboot: RebootPolicy::default(),
+            rng: None,
+            disks: Vec::new(),
+            channels: Vec::new(),
+        }
+    }
+
+    /// Checks every setting (whatever its source) and gives unnamed devices
+    /// their default ids, so that `vm.info` shows the names removal will use.
+    pub fn validate(mut self) -> Result<VmConfig, ConfigError> {
+        validate::check(&self)?;
+        validate::assign_ids(&mut self);
+        validate::check_unique_ids(&self)?;
+        Ok(self)
+    }
+}
+
+/// The id of the virtio-console device that carries the channels.
+pub const CONSOLE_DEVICE_ID: &str = "channels";
+/// The id of the COM1 UART.
+pub const SERIAL_DEVICE_ID: &str = "serial0";

@@ -1,0 +1,221 @@
+//! The checks every configuration passes, whether it came from flags, a
+//! config file or the API, and the default device ids.
+
+use std::collections::HashSet;
+
+use super::{
+    ChannelConfig, ConfigError, CpusConfig, DiskConfig, MemoryConfig, SerialConfig, VmConfig,
+    MAX_MEMORY,
+};
+
+/// Checks the whole configuration.
+pub(super) fn check(config: &VmConfig) -> Result<(), ConfigError> {
+    if config.payload.kernel.as_os_str().is_empty() {
+        return Err(ConfigError::new("--kernel", "a kernel path is required"));
+    }
+    if config.payload.cmdline.len() > 64 * 1024 {
+        return Err(ConfigError::new(
+            "--cmdline",
+            "longer than 64 KiB (the boot protocols allow far less)",
+        ));
+    }
+    cpus(&config.cpus)?;
+    memory(&config.memory)?;
+    match &config.serial {
+        SerialConfig::File { path } | SerialConfig::Socket { path }
+            if path.as_os_str().is_empty() =>
+        {
+            return Err(ConfigError::new("--serial", "the path is empty"));
+        }
+        _ => {}
+    }
+    if config.disks.len() > 31 || config.channels.len() > 31 {
+        return Err(ConfigError::new(
+            "--disk",
+            "at most 31 disks and 31 channels (one PCI bus)",
+        ));
+    }
+    for d in &config.disks {
+        disk(d)?;
+    }
+    if let Some(i) = config.rng.as_ref().and_then(|r| r.id.as_deref()) {
+        id("--rng", i)?;
+    }
+    let mut names = HashSet::new();
+    for c in &config.channels {
+        channel(c)?;
+        if !names.insert(c.name.as_str()) {
+            return Err(ConfigError::new(
+                "--channel",
+                format!("name={}: given twice", c.name),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks `--cpus`.
+pub(super) fn cpus(cpus: &CpusConfig) -> Result<(), ConfigError> {
+    if cpus.boot == 0 {
+        return Err(ConfigError::new(
+            "--cpus",
+            "boot=0: a VM needs at least one vCPU",
+        ));
+    }
+    Ok(())
+}
+
+/// Checks `--memory`.
+pub(super) fn memory(memory: &MemoryConfig) -> Result<(), ConfigError> {
+    const FLAG: &str = "--memory";
+    let size = memory.size;
+    let min = arch::layout::MIN_MEMORY;
+    if size < min {
+        return Err(ConfigError::new(
+            FLAG,
+            format!("size={size}: at least {} MiB is needed", min >> 20),
+        ));
+    }
+    if size > MAX_MEMORY {
+        return Err(ConfigError::new(
+            FLAG,
+            format!("size={size}: at most {} TiB is supported", MAX_MEMORY >> 40),
+        ));
+    }
+    if size % 4096 != 0 {
+        return Err(ConfigError::new(
+            FLAG,
+            format!("size={size}: must be a multiple of 4 KiB"),
+        ));
+    }
+    Ok(())
+}
+
+fn id(flag: &'static str, id: &str) -> Result<(), ConfigError> {
+    if id.is_empty()
+        || id.len() > 64
+        || !id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        return Err(ConfigError::new(
+            flag,
+            format!("id={id}: 1 to 64 characters of A-Z, a-z, 0-9, '-', '_', '.'"),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks one `--disk`.
+pub(super) fn disk(disk: &DiskConfig) -> Result<(), ConfigError> {
+    const FLAG: &str = "--disk";
+    if disk.path.as_os_str().is_empty() {
+        return Err(ConfigError::new(FLAG, "path=FILE is required"));
+    }
+    if !(1..=64).contains(&disk.num_queues) {
+        return Err(ConfigError::new(
+            FLAG,
+            format!("num_queues={}: must be 1 to 64", disk.num_queues),
+        ));
+    }
+    if !disk.queue_size.is_power_of_two() || !(2..=32768).contains(&disk.queue_size) {
+        return Err(ConfigError::new(
+            FLAG,
+            format!(
+                "queue_size={}: must be a power of two from 2 to 32768",
+                disk.queue_size
+            ),
+        ));
+    }
+    for (key, size) in [
+        ("logical_block_size", disk.logical_block_size),
+        ("physical_block_size", disk.physical_block_size),
+    ] {
+        if let Some(size) = size {
+            if !size.is_power_of_two() || !(512..=65536).contains(&size) {
+                return Err(ConfigError::new(
+                    FLAG,
+                    format!("{key}={size}: must be a power of two from 512 to 65536"),
+                ));
+            }
+        }
+    }
+    if let (Some(l), Some(p)) = (disk.logical_block_size, disk.physical_block_size) {
+        if p < l {
+            return Err(ConfigError::new(
+                FLAG,
+                "physical_block_size must not be smaller than logical_block_size",
+            ));
+        }
+    }
+    if disk.addr.is_some_and(|a| !(1..=31).contains(&a)) {
+        return Err(ConfigError::new(FLAG, "addr: PCI slots 1 to 31"));
+    }
+    if let Some(serial) = &disk.serial {
+        if serial.len() > 20 {
+            return Err(ConfigError::new(
+                FLAG,
+                format!("serial={serial}: at most 20 bytes"),
+            ));
+        }
+    }
+    if let Some(i) = &disk.id {
+        id(FLAG, i)?;
+    }
+    Ok(())
+}
+
+/// Checks one `--channel`.
+pub(super) fn channel(channel: &ChannelConfig) -> Result<(), ConfigError> {
+    const FLAG: &str = "--channel";
+    let name = &channel.name;
+    if name.is_empty() {
+        return Err(ConfigError::new(FLAG, "name=NAME is required"));
+    }
+    if name.len() > 255 || name.contains('/') || name.chars().any(char::is_control) {
+        return Err(ConfigError::new(
+            FLAG,
+            format!("name={name}: at most 255 characters, no '/' or control characters"),
+        ));
+    }
+    let (super::ChannelBackend::Socket(path) | super::ChannelBackend::File(path)) =
+        &channel.backend;
+    if path.as_os_str().is_empty() {
+        return Err(ConfigError::new(FLAG, format!("name={name}: empty path")));
+    }
+    Ok(())
+}
+
+/// Names unnamed devices: `disk0`, `disk1`, ... by position, `rng0`.
+pub(super) fn assign_ids(config: &mut VmConfig) {
+    for (i, disk) in config.disks.iter_mut().enumerate() {
+        if disk.id.is_none() {
+            disk.id = Some(format!("disk{i}"));
+        }
+    }
+    if let Some(rng) = &mut config.rng {
+        if rng.id.is_none() {
+            rng.id = Some("rng0".into());
+        }
+    }
+}
+
+/// Refuses two devices with one id.
+pub(super) fn check_unique_ids(config: &VmConfig) -> Result<(), ConfigError> {
+    let mut seen = HashSet::new();
+    let ids = config
+        .disks
+        .iter()
+        .filter_map(|d| d.id.as_deref())
+        .chain(config.rng.iter().filter_map(|r| r.id.as_deref()))
+        .chain([super::CONSOLE_DEVICE_ID, super::SERIAL_DEVICE_ID]);
+    for i in ids {
+        if !seen.insert(i) {
+            return Err(ConfigError::new(
+                "--disk",
+                format!("id={i}: two devices have this id"),
+            ));
+        }
+    }
+    Ok(())
+}
