@@ -39,6 +39,8 @@ pub struct SerialPort {
     uart: Uart,
     irq: EventFd,
     drained: EventFd,
+    /// While set (the VM is paused), no input enters the FIFO.
+    input_paused: bool,
 }
 
 impl SerialPort {
@@ -50,7 +52,12 @@ impl SerialPort {
             InputDrained(drained.try_clone()?),
             out,
         );
-        Ok(SerialPort { uart, irq, drained })
+        Ok(SerialPort {
+            uart,
+            irq,
+            drained,
+            input_paused: false,
+        })
     }
 
     /// The eventfd that raises the UART's interrupt (registered as an irqfd).
@@ -65,11 +72,23 @@ impl SerialPort {
 
     /// Puts as many of `bytes` into the receive FIFO as fit; returns how many.
     pub fn enqueue(&mut self, bytes: &[u8]) -> usize {
+        if self.input_paused {
+            return 0;
+        }
         let n = self.uart.fifo_capacity().min(bytes.len());
         if n == 0 {
             return 0;
         }
         self.uart.enqueue_raw_bytes(&bytes[..n]).unwrap_or(0)
+    }
+
+    /// Holds input back (a paused VM) or lets it flow again; the input pump,
+    /// waiting for the FIFO to drain, is woken on resume.
+    pub fn set_input_paused(&mut self, paused: bool) {
+        self.input_paused = paused;
+        if !paused {
+            let _ = self.drained.write(1);
+        }
     }
 
     /// Returns the UART to its power-on state, keeping its output and eventfds.
@@ -192,6 +211,27 @@ mod tests {
         }
         pump.join().unwrap().unwrap();
         assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn paused_input_waits_and_then_flows() {
+        let (p, _) = port();
+        let drained = p.drained_event().unwrap();
+        let p = Arc::new(Mutex::new(p));
+        p.lock().unwrap().set_input_paused(true);
+        let pump = {
+            let p = p.clone();
+            std::thread::spawn(move || pump_input(&p, &drained, &b"xy"[..]))
+        };
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let mut lsr = [0u8];
+        p.lock().unwrap().read(5, &mut lsr);
+        assert_eq!(lsr[0] & 1, 0, "no data while paused");
+        p.lock().unwrap().set_input_paused(false);
+        pump.join().unwrap().unwrap();
+        let mut b = [0u8];
+        p.lock().unwrap().read(0, &mut b);
+        assert_eq!(b[0], b'x');
     }
 
     #[test]

@@ -268,6 +268,7 @@ impl Vmm {
         if let Some(instance) = self.instance.take() {
             instance.stop();
         }
+        self.hold_serial_input(false);
         if let Some(prepared) = &self.prepared {
             let port = prepared.console.port();
             let mut uart = port.lock().unwrap_or_else(|p| p.into_inner());
@@ -289,6 +290,7 @@ impl Vmm {
         if let Some(instance) = self.instance.take() {
             instance.stop();
         }
+        self.hold_serial_input(false);
         if self.state.is_some() {
             self.state = Some(VmState::Shutdown);
         }
@@ -398,12 +400,14 @@ impl Vmm {
             Request::Pause => {
                 let next = self.check(Action::Pause)?;
                 self.with_instance(Instance::pause).map_err(failed)?;
+                self.hold_serial_input(true);
                 self.state = next;
                 self.emit("paused", Value::Null);
                 Ok(Reply::Done)
             }
             Request::Resume => {
                 let next = self.check(Action::Resume)?;
+                self.hold_serial_input(false);
                 self.with_instance(|i| {
                     i.resume();
                     Ok(())
@@ -466,6 +470,15 @@ impl Vmm {
                 ))),
             },
             Request::Shutdown { .. } => Err(RequestError::Failed("misrouted request".into())),
+        }
+    }
+
+    /// Keeps typed bytes out of the UART while paused (they wait in the pump).
+    fn hold_serial_input(&self, hold: bool) {
+        if let Some(prepared) = &self.prepared {
+            let port = prepared.console.port();
+            let mut uart = port.lock().unwrap_or_else(|p| p.into_inner());
+            uart.set_input_paused(hold);
         }
     }
 
