@@ -166,3 +166,76 @@ fn linux_guest_sees_pci_devices_and_powers_off_through_acpi() {
     let written = std::fs::read(&disk).unwrap();
     assert_eq!(&written[8 * 512..8 * 512 + 16], b"guest-wrote-this");
 }
+
+#[test]
+fn linux_guest_through_the_api_pauses_with_its_clock_and_shuts_down() {
+    use common::rest::*;
+    let Some((kernel, initramfs)) = linux_guest() else {
+        return;
+    };
+    let dir = TempDir::new("linux-api");
+    let socket = dir.join("api.sock");
+    let disk = dir.join("disk.img");
+    std::fs::write(&disk, vec![0u8; 16 << 20]).unwrap();
+    // Prints the guest's uptime every 200 ms for a minute.
+    let script = "i=0; while [ $i -lt 300 ]; do echo uptime $(cut -d' ' -f1 /proc/uptime); \
+                  i=$((i+1)); sleep 0.2; done";
+    let config = serde_json::json!({
+        "payload": {
+            "kernel": kernel,
+            "initramfs": initramfs,
+            "cmdline": format!("console=ttyS0 reboot=k panic=-1 kit.run={}", base64(script.as_bytes())),
+        },
+        "cpus": {"boot_vcpus": 2},
+        "memory": {"size": "512M"},
+        "serial": {"mode": "tty"},
+        "disks": [{"path": disk}],
+    });
+    let mut vm = VmProcess::spawn(ferrovisor_api(&socket));
+    expect(&call(&socket, "PUT", "vm.create", Some(&config)), 204);
+    expect(&call(&socket, "PUT", "vm.boot", None), 204);
+    vm.wait_for_line("kit: init ok", Duration::from_secs(120));
+    let uptime = |line: &str| -> f64 {
+        line.trim()
+            .strip_prefix("uptime ")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    vm.wait_for_line("uptime ", Duration::from_secs(60));
+    expect(&call(&socket, "PUT", "vm.pause", None), 204);
+    let before = vm
+        .lines_within(Duration::from_millis(500))
+        .iter()
+        .rev()
+        .find(|l| l.starts_with("uptime "))
+        .map(|l| uptime(l));
+    let during = vm.lines_within(Duration::from_secs(2));
+    assert!(
+        during.iter().all(|l| !l.starts_with("uptime ")),
+        "{during:#?}"
+    );
+    expect(&call(&socket, "PUT", "vm.resume", None), 204);
+    let after = uptime(&vm.wait_for_line("uptime ", Duration::from_secs(30)));
+    if let Some(before) = before {
+        assert!(
+            after - before < 1.5,
+            "uptime jumped {before} -> {after} over a 2 s pause"
+        );
+    }
+    let counters: serde_json::Value = call(&socket, "GET", "vm.counters", None).json().unwrap();
+    assert!(
+        counters["disk0"]["read_ops"].as_u64().unwrap() > 0,
+        "{counters}"
+    );
+    // Linux without acpid may ignore the button: either way the VM ends in shutdown.
+    let r = call(
+        &socket,
+        "PUT",
+        "vm.shutdown",
+        Some(&serde_json::json!({"timeout_ms": 5000})),
+    );
+    expect(&r, 200);
+    assert_eq!(state(&socket), "shutdown");
+    expect(&call(&socket, "PUT", "vmm.shutdown", None), 204);
+    assert_eq!(vm.wait(Duration::from_secs(30)).code(), 0);
+}
