@@ -149,7 +149,21 @@ fn bad_requests_get_4xx_naming_the_problem_and_the_vm_runs_on() {
             error_of(&r)
         );
     }
-    // Outside the API prefix, and a body that is not JSON.
+    // Every route: the wrong method gets 405; a body where none belongs gets 400.
+    for route in api::routes::ROUTES {
+        let wrong = if route.method == "GET" { "PUT" } else { "GET" };
+        let r = call_raw(&socket, wrong, route.name, None);
+        assert_eq!(r.status, 405, "{wrong} {}: {}", route.name, r.text());
+        if matches!(
+            route.action,
+            api::routes::Action::Simple(_) | api::routes::Action::VmmShutdown
+        ) {
+            let r = call_raw(&socket, route.method, route.name, Some(b"{\"x\": 1}"));
+            assert_eq!(r.status, 400, "{}: {}", route.name, r.text());
+            assert!(error_of(&r).contains("takes no body"), "{}", route.name);
+        }
+    }
+    // Outside the API prefix.
     let mut c = connect(&socket);
     let r = c.request("GET", "/", None).unwrap();
     assert_eq!(r.status, 404);

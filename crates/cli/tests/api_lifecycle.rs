@@ -153,6 +153,7 @@ fn lifecycle_over_the_socket() {
         "booted",
         "power-button",
         "shutdown",
+        "device-removed",
         "deleted",
     ]
     .iter()

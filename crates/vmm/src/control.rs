@@ -121,6 +121,8 @@ pub struct Vmm {
     generation: u64,
     boot_count: u64,
     shutdown: Option<PendingShutdown>,
+    /// The devices announced with `device-added`, withdrawn on `vm.delete`.
+    announced: Vec<crate::request::DeviceInfo>,
 }
 
 /// What the controller does after an event or a request.
@@ -156,6 +158,7 @@ impl Vmm {
             generation: 0,
             boot_count: 0,
             shutdown: None,
+            announced: Vec::new(),
         })
     }
 
@@ -238,7 +241,8 @@ impl Vmm {
         self.state = Some(VmState::Running);
         if first {
             if let Some(instance) = &self.instance {
-                for d in instance.devices() {
+                self.announced = instance.devices();
+                for d in &self.announced {
                     self.emit("device-added", json!(d));
                 }
             }
@@ -443,6 +447,9 @@ impl Vmm {
                 self.prepared = None;
                 self.config = None;
                 self.state = None;
+                for d in std::mem::take(&mut self.announced) {
+                    self.emit("device-removed", json!(d));
+                }
                 self.emit("deleted", Value::Null);
                 Ok(Reply::Done)
             }
