@@ -193,7 +193,7 @@ mod tests {
         let doc = document().unwrap();
         let config = vmm::config::from_document(json!({
             "payload": {"kernel": "/k", "initramfs": "/i", "cmdline": "x"},
-            "cpus": {"boot_vcpus": 2},
+            "cpus": {"boot_vcpus": 2, "max_vcpus": 4, "topology": {"sockets": 2, "cores_per_socket": 2, "threads_per_core": 1}, "model": "x86-64-v2", "features": ["-x2apic"], "kvm_pv": false},
             "memory": {"size": "1G"},
             "serial": {"mode": "socket", "path": "/s"},
             "rng": {},

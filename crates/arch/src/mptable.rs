@@ -23,13 +23,15 @@ const CPU_BSP: u8 = 2;
 const APIC_VERSION: u8 = 0x14;
 const IOAPIC_VERSION: u8 = 0x11;
 
-/// Builds the MP floating pointer and configuration table for `cpus` CPUs
-/// (APIC IDs 0..cpus), to be placed at `addr`.
-pub fn build(cpus: u32, addr: u64) -> Result<Vec<u8>> {
-    if cpus == 0 || cpus > MAX_CPUS {
+/// Builds the MP floating pointer and configuration table for CPUs with APIC
+/// IDs `ids` (the first is the boot CPU), to be placed at `addr`. The IOAPIC
+/// takes the ID after the highest; every ID must fit in 0..=254.
+pub fn build(ids: &[u32], addr: u64) -> Result<Vec<u8>> {
+    let max = ids.iter().copied().max().unwrap_or(0);
+    if ids.is_empty() || ids.len() > MAX_CPUS as usize || max >= MAX_CPUS {
         return Err(Error::TooLarge("MP table"));
     }
-    let ioapic_id = cpus as u8;
+    let ioapic_id = (max + 1) as u8;
     let mut t = LeWriter::new();
     // Configuration table header; length, count and checksum are patched below.
     t.bytes(b"PCMP")
@@ -46,8 +48,8 @@ pub fn build(cpus: u32, addr: u64) -> Result<Vec<u8>> {
         .u8(0)
         .u8(0);
     let mut entries = 0u16;
-    for id in 0..cpus {
-        let flags = CPU_ENABLED | if id == 0 { CPU_BSP } else { 0 };
+    for (i, &id) in ids.iter().enumerate() {
+        let flags = CPU_ENABLED | if i == 0 { CPU_BSP } else { 0 };
         t.u8(ENTRY_PROCESSOR)
             .u8(id as u8)
             .u8(APIC_VERSION)
@@ -105,10 +107,10 @@ pub fn build(cpus: u32, addr: u64) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-/// Writes the MP table for `cpus` CPUs at the start of the EBDA; a large
+/// Writes the MP table for CPUs with APIC IDs `ids` at the start of the EBDA; a large
 /// table runs on into the reserved area below 1 MiB.
-pub fn write(mem: &GuestMemory, cpus: u32) -> Result<()> {
-    let table = build(cpus, EBDA_ADDR)?;
+pub fn write(mem: &GuestMemory, ids: &[u32]) -> Result<()> {
+    let table = build(ids, EBDA_ADDR)?;
     if EBDA_ADDR + table.len() as u64 > HIGH_MEMORY_START {
         return Err(Error::TooLarge("MP table"));
     }
@@ -126,7 +128,7 @@ mod tests {
 
     #[test]
     fn table_is_well_formed() {
-        let t = build(4, EBDA_ADDR).unwrap();
+        let t = build(&[0, 1, 2, 3], EBDA_ADDR).unwrap();
         assert_eq!(&t[..4], b"_MP_");
         assert!(sums_to_zero(&t[..16]));
         assert_eq!(le32(&t, 4), Some(EBDA_ADDR as u32 + 16));
@@ -142,9 +144,17 @@ mod tests {
 
     #[test]
     fn biggest_table_fits_the_ebda() {
-        let t = build(MAX_CPUS, EBDA_ADDR).unwrap();
+        let all: Vec<u32> = (0..MAX_CPUS).collect();
+        let t = build(&all, EBDA_ADDR).unwrap();
         assert!(EBDA_ADDR + t.len() as u64 <= HIGH_MEMORY_START);
-        assert!(build(0, EBDA_ADDR).is_err());
-        assert!(build(MAX_CPUS + 1, EBDA_ADDR).is_err());
+        assert!(build(&[], EBDA_ADDR).is_err());
+        let too_many: Vec<u32> = (0..=MAX_CPUS).collect();
+        assert!(build(&too_many, EBDA_ADDR).is_err());
+        assert!(
+            build(&[0, 254], EBDA_ADDR).is_err(),
+            "no ID left for the IOAPIC"
+        );
+        let sparse = build(&[0, 2, 4], EBDA_ADDR).unwrap();
+        assert!(sparse.windows(2).any(|w| w == [ENTRY_IOAPIC, 5]));
     }
 }

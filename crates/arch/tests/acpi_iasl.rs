@@ -173,7 +173,7 @@ fn warnings(text: &str) -> Vec<String> {
 
 fn check(name: &str, cpus: u32, mem_size: u64) {
     let mem = memory(mem_size);
-    let rsdp = write_tables(&mem, &AcpiConfig { cpus, mem_size }).unwrap();
+    let rsdp = write_tables(&mem, &AcpiConfig::sequential(cpus, mem_size)).unwrap();
     let tables = walk(&mem, rsdp);
 
     let madt = &tables.iter().find(|(s, _)| s == "APIC").unwrap().1;

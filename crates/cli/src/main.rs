@@ -37,9 +37,13 @@ struct Cli {
     /// Kernel command line.
     #[arg(long)]
     cmdline: Option<String>,
-    /// vCPUs: boot=N (default boot=1).
-    #[arg(long, value_name = "boot=N")]
+    /// vCPUs: boot=N[,max=M][,topology=SOCKETS:CORES:THREADS][,model=host|NAME]
+    /// [,features=+FEAT,-FEAT...][,kvm_pv=on|off] (default boot=1, model=host, kvm_pv=on).
+    #[arg(long, value_name = "boot=N,...")]
     cpus: Option<String>,
+    /// List the named CPU models and whether this host can run each, then exit.
+    #[arg(long, conflicts_with_all = VM_FLAGS)]
+    cpu_models: bool,
     /// Guest RAM: size=SIZE (K, M, G, T suffixes; default size=512M).
     #[arg(long, value_name = "size=SIZE")]
     memory: Option<String>,
@@ -178,6 +182,18 @@ fn main() -> ExitCode {
     if let Err(e) = init_logging(&cli.log_level) {
         eprintln!("ferrovisor: error: {e}");
         return status(vmm::EXIT_CONFIG);
+    }
+    if cli.cpu_models {
+        return match vmm::cpu_model::list_models() {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("ferrovisor: error: {e}");
+                status(e.exit_status())
+            }
+        };
     }
     let config = match cli.vm_config() {
         Ok(c) => c,

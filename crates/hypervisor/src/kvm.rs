@@ -83,6 +83,12 @@ impl Hypervisor {
         self.kvm.get_max_vcpus()
     }
 
+    /// One more than the largest vCPU ID (APIC ID) KVM accepts
+    /// (`KVM_CAP_MAX_VCPU_ID`).
+    pub fn max_vcpu_id(&self) -> usize {
+        self.kvm.get_max_vcpu_id()
+    }
+
     /// The CPUID entries KVM can present to a guest on this host.
     pub fn supported_cpuid(&self) -> Result<CpuId> {
         self.kvm

@@ -130,6 +130,13 @@ impl Vcpu {
             .map_err(Error::wrap("KVM_SET_LAPIC"))
     }
 
+    /// The guest TSC frequency in kHz (`KVM_GET_TSC_KHZ`).
+    pub fn tsc_khz(&self) -> Result<u32> {
+        self.fd
+            .get_tsc_khz()
+            .map_err(Error::wrap("KVM_GET_TSC_KHZ"))
+    }
+
     /// Clears a pending [`Kicker::request_exit`], so that the next `KVM_RUN`
     /// enters the guest again (after a pause).
     pub fn clear_exit_request(&mut self) {

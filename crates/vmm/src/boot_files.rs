@@ -4,7 +4,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use arch::{memory_map, mptable};
+use arch::memory_map;
 
 use crate::config::VmConfig;
 use crate::{ConfigError, Error};
@@ -19,20 +19,39 @@ pub(crate) struct BootFiles {
     pub channels: Option<Arc<Mutex<virtio::console::Console>>>,
 }
 
-/// Refuses vCPU counts this host or this platform cannot run.
-pub(crate) fn validate_cpus(config: &VmConfig, kvm_max: usize) -> Result<(), Error> {
-    let boot = config.cpus.boot;
-    let why = if boot as usize > kvm_max {
-        format!("KVM on this host allows at most {kvm_max} vCPUs")
-    } else if boot > mptable::MAX_CPUS {
-        format!(
-            "at most {} vCPUs until x2APIC and the ACPI MADT land",
-            mptable::MAX_CPUS
+/// Refuses vCPU counts and APIC IDs this host's KVM cannot run, and CPU
+/// models it cannot provide.
+pub(crate) fn validate_cpus(config: &VmConfig, hv: &hypervisor::Hypervisor) -> Result<(), Error> {
+    let cpus = &config.cpus;
+    let max = cpus.max_vcpus();
+    let kvm_max = hv.max_vcpus();
+    if max as usize > kvm_max {
+        return Err(ConfigError::new(
+            "--cpus",
+            format!("max={max}: KVM on this host allows at most {kvm_max} vCPUs"),
         )
-    } else {
-        return Ok(());
-    };
-    Err(ConfigError::new("--cpus", format!("boot={boot}: {why}")).into())
+        .into());
+    }
+    let topology = cpus.topology();
+    let highest = topology.apic_id(max.saturating_sub(1));
+    if highest as usize >= hv.max_vcpu_id() {
+        return Err(ConfigError::new(
+            "--cpus",
+            format!(
+                "the topology numbers APIC IDs up to {highest}; KVM on this host allows IDs below {}",
+                hv.max_vcpu_id()
+            ),
+        )
+        .into());
+    }
+    if cpus.model != "host" {
+        let supported = hv.supported_cpuid()?;
+        if let Some(model) = arch::cpuid::models::by_name(&cpus.model) {
+            arch::cpuid::check_model(supported.as_slice(), model)
+                .map_err(|e| ConfigError::new("--cpus", e.to_string()))?;
+        }
+    }
+    Ok(())
 }
 
 fn read_limited(flag: &'static str, path: &std::path::Path, limit: u64) -> Result<Vec<u8>, Error> {

@@ -216,7 +216,7 @@ impl Vmm {
 
     fn create(&mut self, config: VmConfig) -> Result<(), Error> {
         let config = config.validate()?;
-        boot_files::validate_cpus(&config, self.hv.max_vcpus())?;
+        boot_files::validate_cpus(&config, &self.hv)?;
         self.config = Some(config);
         self.state = Some(VmState::Created);
         self.boot_count = 0;

@@ -9,7 +9,6 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use arch::cpuid::Topology;
 use arch::loader::{self, BootImage};
 use arch::{layout, mptable, GuestMemory};
 use devices::{serial, GuestRequestSink};
@@ -65,8 +64,13 @@ impl Instance {
         let mem = memory::create(size)?;
         memory::register(&vm, &mem)?;
 
+        let topology = config.cpus.topology();
+        let apic_ids: Vec<u32> = (0..config.cpus.max_vcpus())
+            .map(|i| topology.apic_id(i))
+            .collect();
         let acpi_config = arch::acpi::AcpiConfig {
             cpus: config.cpus.boot,
+            apic_ids: apic_ids.clone(),
             mem_size: size,
         };
         let rsdp = arch::acpi::write_tables(&mem, &acpi_config)?;
@@ -86,7 +90,11 @@ impl Instance {
             config.cpus.boot,
             size >> 20
         );
-        mptable::write(&mem, config.cpus.boot)?;
+        // The MP table has 8-bit APIC IDs: guests past them use the MADT.
+        let boot_ids = &apic_ids[..config.cpus.boot as usize];
+        if let Err(e) = mptable::write(&mem, boot_ids) {
+            tracing::debug!("no MP table: {e}");
+        }
 
         let stop = Arc::new(AtomicBool::new(false));
         let sink = request_sink(ctx.events.clone(), ctx.generation, stop.clone());
@@ -125,18 +133,21 @@ impl Instance {
         ctx: &BootContext,
         entry: &arch::cpu::EntryPoint,
     ) -> Result<(), Error> {
-        let supported = ctx.hv.supported_cpuid()?;
-        let topology = Topology {
-            cpus: config.cpus.boot,
-        };
-        for id in 0..config.cpus.boot {
-            let vcpu = self.vm.create_vcpu(id)?;
+        let topology = config.cpus.topology();
+        let mut cpuid = None;
+        for index in 0..config.cpus.boot {
+            // KVM's vCPU ID is the APIC ID.
+            let vcpu = self.vm.create_vcpu(topology.apic_id(index))?;
+            let cpuid = match &cpuid {
+                Some(c) => c,
+                None => cpuid.insert(crate::cpu_model::vm_cpuid(ctx.hv, &config.cpus, &vcpu)?),
+            };
             vcpu::configure(
                 &vcpu,
-                &supported,
-                topology,
+                cpuid,
+                (index, topology),
                 &self.mem,
-                (id == 0).then_some(entry),
+                (index == 0).then_some(entry),
             )?;
             let kicker = vcpu.kicker();
             let counters = Arc::new(Counters::new(vcpu::COUNTER_NAMES));
@@ -151,7 +162,7 @@ impl Instance {
                 counters: counters.clone(),
             };
             let handle = std::thread::Builder::new()
-                .name(format!("vcpu{id}"))
+                .name(format!("vcpu{index}"))
                 .spawn(move || runner.run())
                 .map_err(Error::io("starting a vCPU thread"))?;
             self.threads.push((kicker, handle));

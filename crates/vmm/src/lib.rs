@@ -8,6 +8,7 @@ mod channels;
 pub mod config;
 mod console;
 mod control;
+pub mod cpu_model;
 pub mod events;
 mod instance;
 mod memory;

@@ -91,15 +91,17 @@ impl VcpuGate {
 
 /// Gives `vcpu` its CPUID, MSRs, FPU and LAPIC wiring; the boot vCPU also gets
 /// the entry state. Application processors wait for INIT/SIPI from the guest.
+///
+/// `cpu` is the vCPU's index (0 boots) in `topology`.
 pub fn configure(
     vcpu: &Vcpu,
-    supported: &CpuId,
-    topology: Topology,
+    vm_cpuid: &CpuId,
+    cpu: (u32, Topology),
     mem: &GuestMemory,
     entry: Option<&EntryPoint>,
 ) -> Result<(), Error> {
-    let mut cpuid = supported.clone();
-    cpuid::patch_for_vcpu(cpuid.as_mut_slice(), vcpu.id(), topology);
+    let mut cpuid = vm_cpuid.clone();
+    cpuid::patch_for_vcpu(cpuid.as_mut_slice(), cpu.0, cpu.1);
     vcpu.set_cpuid(&cpuid)?;
 
     let msrs = cpu::boot_msrs().ok_or_else(|| Error::Internal("boot MSR list".into()))?;

@@ -198,6 +198,7 @@ mod tests {
     fn dsdt_names_and_header() {
         let d = dsdt(&AcpiConfig {
             cpus: 1,
+            apic_ids: Vec::new(),
             mem_size: 512 << 20,
         });
         assert_eq!(&d[0..4], b"DSDT");
@@ -225,10 +226,12 @@ mod tests {
     fn mmio64_window_follows_memory() {
         let small = dsdt(&AcpiConfig {
             cpus: 1,
+            apic_ids: Vec::new(),
             mem_size: 512 << 20,
         });
         let big = dsdt(&AcpiConfig {
             cpus: 1,
+            apic_ids: Vec::new(),
             mem_size: 100 << 30,
         });
         let min = |start: u64| start.to_le_bytes();

@@ -30,13 +30,40 @@ pub const OEM_TABLE_ID: [u8; 8] = *b"FERROVSR";
 /// OEM revision in every table's header.
 pub const OEM_REVISION: u32 = 1;
 
+/// The most CPUs the tables describe (more than any KVM allows).
+pub const MAX_CPUS: u32 = 1 << 16;
+
 /// What the tables describe.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AcpiConfig {
-    /// Number of vCPUs (APIC IDs 0..cpus); the IOAPIC's ID follows them.
+    /// vCPUs present at boot: the first `cpus` of `apic_ids`.
     pub cpus: u32,
+    /// The APIC ID of every possible vCPU, in CPU (ACPI UID) order; those
+    /// past `cpus` are listed as not present yet (online capable). Empty:
+    /// APIC IDs 0..cpus.
+    pub apic_ids: Vec<u32>,
     /// Guest RAM in bytes (places the 64-bit PCI MMIO window above it).
     pub mem_size: u64,
+}
+
+impl AcpiConfig {
+    /// `cpus` vCPUs with APIC IDs 0..cpus, all present.
+    pub fn sequential(cpus: u32, mem_size: u64) -> AcpiConfig {
+        AcpiConfig {
+            cpus,
+            apic_ids: Vec::new(),
+            mem_size,
+        }
+    }
+
+    /// The APIC ID of every possible vCPU.
+    pub fn ids(&self) -> Vec<u32> {
+        if self.apic_ids.is_empty() {
+            (0..self.cpus).collect()
+        } else {
+            self.apic_ids.clone()
+        }
+    }
 }
 
 /// Where each table was placed (guest physical addresses).
@@ -104,11 +131,19 @@ pub fn write_tables_at(mem: &crate::GuestMemory, config: &AcpiConfig) -> Result<
         return Err(Error::Acpi("no CPUs to describe"));
     }
     let area_size = ACPI_TABLES_END - ACPI_RSDP_ADDR;
-    if madt_len(config.cpus) > area_size {
+    // Checked before any list is built from the count.
+    if config.cpus > MAX_CPUS || config.apic_ids.len() > MAX_CPUS as usize {
+        return Err(Error::TooLarge("MADT"));
+    }
+    let ids = config.ids();
+    if (ids.len() as u64) < u64::from(config.cpus) {
+        return Err(Error::Acpi("fewer APIC IDs than CPUs"));
+    }
+    if madt_len(&ids) > area_size {
         return Err(Error::TooLarge("MADT"));
     }
     let dsdt = dsdt(config);
-    let madt = madt(config.cpus);
+    let madt = madt(&ids, config.cpus);
     let mcfg = mcfg();
     let facs = facs();
 
@@ -173,6 +208,7 @@ mod tests {
         let mem = memory();
         let cfg = AcpiConfig {
             cpus: 4,
+            apic_ids: Vec::new(),
             mem_size: 512 << 20,
         };
         let a = write_tables_at(&mem, &cfg).unwrap();
@@ -209,6 +245,7 @@ mod tests {
         let mem = memory();
         let cfg = |cpus| AcpiConfig {
             cpus,
+            apic_ids: Vec::new(),
             mem_size: 512 << 20,
         };
         assert!(matches!(write_tables(&mem, &cfg(0)), Err(Error::Acpi(_))));

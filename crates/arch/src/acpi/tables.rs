@@ -56,12 +56,13 @@ const FIRST_X2APIC_ID: u32 = 0xff;
 const ALL_PROCESSORS_8: u8 = 0xff;
 const ALL_PROCESSORS_32: u32 = u32::MAX;
 
-/// The IOAPIC's ID for a guest with `cpus` CPUs: the APIC ID after the last
-/// CPU, as in the MP table. Above 254 CPUs (x2APIC only, beyond the MP table)
-/// no 8-bit ID is free after the CPUs and the IOAPIC gets 0; its ID then
+/// The IOAPIC's ID for a guest whose CPUs have APIC IDs `ids`: the ID after
+/// the highest, as in the MP table. When that is not a valid 8-bit ID
+/// (x2APIC guests, beyond the MP table) the IOAPIC gets 0; its ID then
 /// matters to no one (x2APIC IDs and the IOAPIC's ID are separate spaces).
-pub fn ioapic_id(cpus: u32) -> u8 {
-    match u8::try_from(cpus) {
+pub fn ioapic_id(ids: &[u32]) -> u8 {
+    let next = ids.iter().max().map_or(0, |m| m.saturating_add(1));
+    match u8::try_from(next) {
         Ok(id) if id != 0xff => id,
         _ => 0,
     }
@@ -115,10 +116,10 @@ pub fn facs() -> Vec<u8> {
     to_bytes(&f)
 }
 
-/// Size of the MADT for `cpus` CPUs.
-pub fn madt_len(cpus: u32) -> u64 {
-    let xapic = u64::from(cpus.min(FIRST_X2APIC_ID));
-    let x2apic = u64::from(cpus.saturating_sub(FIRST_X2APIC_ID));
+/// Size of the MADT for CPUs with APIC IDs `ids`.
+pub fn madt_len(ids: &[u32]) -> u64 {
+    let xapic = ids.iter().filter(|&&id| id < FIRST_X2APIC_ID).count() as u64;
+    let x2apic = ids.len() as u64 - xapic;
     let x2apic_nmi = if x2apic > 0 { MADT_X2APIC_NMI_LEN } else { 0 };
     MADT_HEADER_LEN as u64
         + xapic * MADT_LOCAL_APIC_LEN
@@ -130,11 +131,12 @@ pub fn madt_len(cpus: u32) -> u64 {
 }
 
 /// The MADT: the local APIC address with PCAT_COMPAT (the 8259s exist), one
-/// enabled Processor Local APIC per CPU (APIC ID = UID = CPU index; Processor
-/// Local x2APIC entries from ID 255 on), the IOAPIC (ID [`ioapic_id`], GSI
-/// base 0), the SCI's interrupt source override (ISA IRQ 9 → GSI 9, level,
-/// active-high) and the NMI on LINT1 of every processor.
-pub fn madt(cpus: u32) -> Vec<u8> {
+/// Processor Local APIC per CPU (UID = CPU index, APIC ID from `ids`;
+/// Processor Local x2APIC entries for IDs from 255 on), enabled for the first
+/// `present` and online-capable for the rest, the IOAPIC (ID [`ioapic_id`],
+/// GSI base 0), the SCI's interrupt source override (ISA IRQ 9 → GSI 9,
+/// level, active-high) and the NMI on LINT1 of every processor.
+pub fn madt(ids: &[u32], present: u32) -> Vec<u8> {
     let mut sdt = Sdt::new(
         *b"APIC",
         MADT_HEADER_LEN as u32,
@@ -147,25 +149,28 @@ pub fn madt(cpus: u32) -> Vec<u8> {
     sdt.write_u32(40, MADT_PCAT_COMPAT);
 
     let mut entries = Vec::new();
-    for id in 0..cpus {
-        match u8::try_from(id) {
-            Ok(id8) if id < FIRST_X2APIC_ID => {
-                entries.extend(to_bytes(&ProcessorLocalApic::new(
-                    id8,
-                    id8,
-                    EnabledStatus::Enabled,
-                )));
+    for (uid, &id) in ids.iter().enumerate() {
+        let status = if (uid as u64) < u64::from(present) {
+            EnabledStatus::Enabled
+        } else {
+            EnabledStatus::DisabledOnlineCapable
+        };
+        match (u8::try_from(id), u8::try_from(uid)) {
+            (Ok(id8), Ok(uid8)) if id < FIRST_X2APIC_ID => {
+                entries.extend(to_bytes(&ProcessorLocalApic::new(uid8, id8, status)));
             }
             _ => {
                 entries.extend([MADT_TYPE_X2APIC, MADT_X2APIC_LEN as u8, 0, 0]);
                 entries.extend(id.to_le_bytes()); // x2APIC ID
-                entries.extend((EnabledStatus::Enabled as u32).to_le_bytes());
-                entries.extend(id.to_le_bytes()); // ACPI processor UID
+                entries.extend((status as u32).to_le_bytes());
+                entries.extend((uid as u32).to_le_bytes()); // ACPI processor UID
             }
         }
     }
+    let has_x2apic =
+        ids.iter().any(|&id| id >= FIRST_X2APIC_ID) || ids.len() > usize::from(u8::MAX);
     entries.extend(to_bytes(&IoApic::new(
-        ioapic_id(cpus),
+        ioapic_id(ids),
         IOAPIC_ADDR as u32,
         0,
     )));
@@ -179,7 +184,7 @@ pub fn madt(cpus: u32) -> Vec<u8> {
     ]);
     entries.extend(NMI_FLAGS.to_le_bytes());
     entries.push(NMI_LINT);
-    if cpus > FIRST_X2APIC_ID {
+    if has_x2apic {
         entries.extend([MADT_TYPE_X2APIC_NMI, MADT_X2APIC_NMI_LEN as u8]);
         entries.extend(NMI_FLAGS.to_le_bytes());
         entries.extend(ALL_PROCESSORS_32.to_le_bytes());
@@ -289,10 +294,11 @@ mod tests {
 
     #[test]
     fn madt_for_four_cpus() {
-        let m = madt(4);
+        let ids = [0, 1, 2, 3];
+        let m = madt(&ids, 4);
         assert_eq!(&m[0..4], b"APIC");
         assert_eq!(le32(&m, 4), Some(m.len() as u32));
-        assert_eq!(m.len() as u64, madt_len(4));
+        assert_eq!(m.len() as u64, madt_len(&ids));
         assert_eq!(sum(&m), 0);
         assert_eq!(le32(&m, 36), Some(0xfee0_0000));
         assert_eq!(le32(&m, 40), Some(1), "PCAT_COMPAT");
@@ -318,8 +324,9 @@ mod tests {
 
     #[test]
     fn madt_uses_x2apic_entries_from_id_255() {
-        let m = madt(300);
-        assert_eq!(m.len() as u64, madt_len(300));
+        let ids: Vec<u32> = (0..300).collect();
+        let m = madt(&ids, 300);
+        assert_eq!(m.len() as u64, madt_len(&ids));
         assert_eq!(le32(&m, 4), Some(m.len() as u32));
         assert_eq!(sum(&m), 0);
         let e = entries(&m);
@@ -329,9 +336,31 @@ mod tests {
         assert_eq!(le32(first, 4), Some(255));
         assert_eq!(le32(first, 8), Some(1));
         assert_eq!(le32(first, 12), Some(255));
-        assert_eq!(ioapic_id(300), 0);
-        assert_eq!(ioapic_id(254), 254);
-        assert_eq!(ioapic_id(255), 0);
+        assert_eq!(ioapic_id(&ids), 0);
+        assert_eq!(ioapic_id(&ids[..254]), 254);
+        assert_eq!(ioapic_id(&ids[..255]), 0);
+    }
+
+    #[test]
+    fn madt_follows_sparse_ids_and_lists_absent_cpus_as_online_capable() {
+        // 2 sockets x 3 cores: APIC IDs 0,1,2,4,5,6; 4 present.
+        let ids = [0, 1, 2, 4, 5, 6];
+        let m = madt(&ids, 4);
+        assert_eq!(sum(&m), 0);
+        let e = entries(&m);
+        let cpus: Vec<&[u8]> = e.iter().filter(|(t, _)| *t == 0).map(|(_, b)| *b).collect();
+        assert_eq!(cpus.len(), 6);
+        assert_eq!(
+            cpus[3],
+            &[0, 8, 3, 4, 1, 0, 0, 0],
+            "UID 3, APIC ID 4, enabled"
+        );
+        assert_eq!(
+            cpus[4],
+            &[0, 8, 4, 5, 2, 0, 0, 0],
+            "UID 4, APIC ID 5, online capable"
+        );
+        assert_eq!(ioapic_id(&ids), 7);
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use super::validate;
 use super::{
     ChannelBackend, ChannelConfig, ConfigError, CpusConfig, DiskConfig, MemoryConfig, RebootPolicy,
-    SerialConfig,
+    SerialConfig, TopologyConfig,
 };
 
 /// Splits `a=1,b=2` into pairs, refusing keys outside `known` and repeated keys.
@@ -56,21 +56,69 @@ pub fn parse_size(flag: &'static str, text: &str) -> Result<u64, ConfigError> {
 }
 
 /// Parses `--cpus boot=N`.
+///
+/// `features=` takes a comma-separated list of `+NAME`/`-NAME` that runs on
+/// to the next `key=`: `boot=4,features=+avx512f,-x2apic,kvm_pv=off`.
 pub fn parse_cpus(value: &str) -> Result<CpusConfig, ConfigError> {
     const FLAG: &str = "--cpus";
-    let mut boot = None;
-    for (key, val) in parse_options(FLAG, value, &["boot"])? {
-        if key == "boot" {
-            let n: u32 = val
-                .parse()
-                .map_err(|_| ConfigError::new(FLAG, format!("boot={val}: not a number")))?;
-            boot = Some(n);
+    const KEYS: [&str; 6] = ["boot", "max", "topology", "model", "features", "kvm_pv"];
+    // Glue `+x`/`-y` items onto the `features=` item before them.
+    let mut items: Vec<String> = Vec::new();
+    for item in value.split(',').filter(|s| !s.is_empty()) {
+        let continues = !item.contains('=')
+            && (item.starts_with('+') || item.starts_with('-'))
+            && items.last().is_some_and(|l| l.starts_with("features="));
+        match items.last_mut() {
+            Some(last) if continues => {
+                last.push(';');
+                last.push_str(item);
+            }
+            _ => items.push(item.to_string()),
         }
     }
-    let boot = boot.ok_or_else(|| ConfigError::new(FLAG, "boot=N is required"))?;
-    let cpus = CpusConfig { boot };
+    let joined = items.join(",");
+    let mut cpus = CpusConfig::with_boot(0);
+    let mut boot = None;
+    for (key, val) in parse_options(FLAG, &joined, &KEYS)? {
+        match key {
+            "boot" => boot = Some(parse_number::<u32>(FLAG, key, val)?),
+            "max" => cpus.max = Some(parse_number(FLAG, key, val)?),
+            "topology" => cpus.topology = Some(parse_topology(val)?),
+            "model" => cpus.model = val.to_string(),
+            "features" => {
+                cpus.features = val
+                    .split(';')
+                    .filter(|f| !f.is_empty())
+                    .map(str::to_string)
+                    .collect()
+            }
+            _ => cpus.kvm_pv = parse_on_off(FLAG, key, val)?,
+        }
+    }
+    cpus.boot = boot.ok_or_else(|| ConfigError::new(FLAG, "boot=N is required"))?;
     validate::cpus(&cpus)?;
     Ok(cpus)
+}
+
+fn parse_topology(val: &str) -> Result<TopologyConfig, ConfigError> {
+    let bad = || {
+        ConfigError::new(
+            "--cpus",
+            format!("topology={val}: expected SOCKETS:CORES:THREADS"),
+        )
+    };
+    let parts: Vec<u32> = val
+        .split(':')
+        .map(|x| x.parse::<u32>().map_err(|_| bad()))
+        .collect::<Result<_, _>>()?;
+    let [sockets, cores_per_socket, threads_per_core] = parts.as_slice() else {
+        return Err(bad());
+    };
+    Ok(TopologyConfig {
+        sockets: *sockets,
+        cores_per_socket: *cores_per_socket,
+        threads_per_core: *threads_per_core,
+    })
 }
 
 /// Parses `--memory size=SIZE`.
@@ -234,7 +282,29 @@ mod tests {
 
     #[test]
     fn cpus() {
-        assert_eq!(parse_cpus("boot=4"), Ok(CpusConfig { boot: 4 }));
+        assert_eq!(parse_cpus("boot=4"), Ok(CpusConfig::with_boot(4)));
+        let c = parse_cpus(
+            "boot=4,max=8,topology=2:2:2,model=x86-64-v3,features=+avx512f,-x2apic,kvm_pv=off",
+        )
+        .unwrap();
+        assert_eq!((c.boot, c.max, c.kvm_pv), (4, Some(8), false));
+        assert_eq!(c.features, ["+avx512f", "-x2apic"]);
+        assert_eq!(c.model, "x86-64-v3");
+        assert_eq!(c.topology().apic_id(7), 7);
+        for bad in [
+            "boot=4,max=2",
+            "boot=4,topology=2:2:2",
+            "boot=4,topology=2:2",
+            "boot=4,topology=0:4:1",
+            "boot=1,model=Pentium",
+            "boot=1,features=avx",
+            "boot=1,features=+warp",
+            "boot=1,kvm_pv=maybe",
+            "boot=5000",
+            "boot=1,+avx",
+        ] {
+            assert_eq!(parse_cpus(bad).unwrap_err().flag, "--cpus", "{bad}");
+        }
         let e = parse_cpus("boot=0").unwrap_err();
         assert_eq!(e.flag, "--cpus");
         assert!(parse_cpus("boot=x").is_err());

@@ -18,6 +18,7 @@ pub use flags::{
     parse_channel, parse_cpus, parse_disk, parse_memory, parse_on_off, parse_on_reboot,
     parse_options, parse_serial, parse_size,
 };
+pub use validate::MAX_VCPUS;
 
 /// The whole configuration of one VM.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -167,17 +168,79 @@ fn default_true() -> bool {
 }
 
 /// `--cpus`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CpusConfig {
     /// vCPUs started at boot.
     #[serde(rename = "boot_vcpus")]
     pub boot: u32,
+    /// vCPUs the guest's tables allow for (boot and later; default: boot).
+    #[serde(rename = "max_vcpus", default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<u32>,
+    /// Sockets × cores × threads (default: one socket of single-threaded cores).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topology: Option<TopologyConfig>,
+    /// `host` (every feature KVM can virtualize here) or a named model.
+    #[serde(default = "default_model")]
+    pub model: String,
+    /// Feature changes after the model: `+avx512f`, `-x2apic`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub features: Vec<String>,
+    /// KVM's paravirtual interface (signature leaf, kvmclock, PV EOI, ...).
+    #[serde(default = "default_true")]
+    pub kvm_pv: bool,
+}
+
+/// `topology=SOCKETS:CORES:THREADS`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopologyConfig {
+    /// Packages.
+    pub sockets: u32,
+    /// Cores per package.
+    pub cores_per_socket: u32,
+    /// Threads per core.
+    pub threads_per_core: u32,
+}
+
+fn default_model() -> String {
+    "host".into()
+}
+
+impl CpusConfig {
+    /// `boot` vCPUs, every other option at its default.
+    pub fn with_boot(boot: u32) -> CpusConfig {
+        CpusConfig {
+            boot,
+            max: None,
+            topology: None,
+            model: default_model(),
+            features: Vec::new(),
+            kvm_pv: true,
+        }
+    }
+
+    /// vCPUs the guest may ever have.
+    pub fn max_vcpus(&self) -> u32 {
+        self.max.unwrap_or(self.boot)
+    }
+
+    /// The topology (default: one socket of `max` single-threaded cores).
+    pub fn topology(&self) -> arch::cpuid::Topology {
+        match self.topology {
+            Some(t) => arch::cpuid::Topology {
+                sockets: t.sockets,
+                cores: t.cores_per_socket,
+                threads: t.threads_per_core,
+            },
+            None => arch::cpuid::Topology::single_socket(self.max_vcpus()),
+        }
+    }
 }
 
 impl Default for CpusConfig {
     fn default() -> CpusConfig {
-        CpusConfig { boot: 1 }
+        CpusConfig::with_boot(1)
     }
 }
 

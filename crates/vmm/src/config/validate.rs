@@ -56,14 +56,55 @@ pub(super) fn check(config: &VmConfig) -> Result<(), ConfigError> {
 
 /// Checks `--cpus`.
 pub(super) fn cpus(cpus: &CpusConfig) -> Result<(), ConfigError> {
+    const FLAG: &str = "--cpus";
     if cpus.boot == 0 {
         return Err(ConfigError::new(
-            "--cpus",
+            FLAG,
             "boot=0: a VM needs at least one vCPU",
         ));
     }
+    let max = cpus.max_vcpus();
+    if max < cpus.boot {
+        return Err(ConfigError::new(
+            FLAG,
+            format!("max={max}: must not be below boot={}", cpus.boot),
+        ));
+    }
+    if max > MAX_VCPUS {
+        return Err(ConfigError::new(
+            FLAG,
+            format!("max={max}: at most {MAX_VCPUS} vCPUs"),
+        ));
+    }
+    if let Some(t) = cpus.topology {
+        let parts = [t.sockets, t.cores_per_socket, t.threads_per_core];
+        let product = parts.iter().try_fold(1u32, |p, &n| p.checked_mul(n));
+        if parts.contains(&0) || product != Some(max) {
+            return Err(ConfigError::new(
+                FLAG,
+                format!(
+                    "topology={}:{}:{}: sockets x cores x threads must equal max={max}",
+                    t.sockets, t.cores_per_socket, t.threads_per_core
+                ),
+            ));
+        }
+    }
+    if cpus.model != "host" && arch::cpuid::models::by_name(&cpus.model).is_none() {
+        let names: Vec<&str> = arch::cpuid::MODELS.iter().map(|m| m.name).collect();
+        return Err(ConfigError::new(
+            FLAG,
+            format!("model={}: unknown (host, {})", cpus.model, names.join(", ")),
+        ));
+    }
+    for f in &cpus.features {
+        arch::cpuid::FeatureChange::parse(f)
+            .map_err(|e| ConfigError::new(FLAG, format!("features: {e}")))?;
+    }
     Ok(())
 }
+
+/// The most vCPUs a configuration may ask for (KVM may allow fewer).
+pub const MAX_VCPUS: u32 = 4096;
 
 /// Checks `--memory`.
 pub(super) fn memory(memory: &MemoryConfig) -> Result<(), ConfigError> {

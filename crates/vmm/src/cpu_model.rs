@@ -1,0 +1,74 @@
+//! The CPU the guest sees: KVM's supported CPUID shaped by `--cpus
+//! model=,features=,kvm_pv=`, with the TSC frequency leaf when the TSC is
+//! invariant; and the `--cpu-models` listing.
+
+use arch::cpuid::{self, CpuSpec, FeatureChange, PvOptions};
+use hypervisor::kvm_bindings::CpuId;
+use hypervisor::{Hypervisor, Vcpu};
+
+use crate::config::CpusConfig;
+use crate::{ConfigError, Error};
+
+/// The VM-wide CPUID for `cpus` (before each vCPU's topology patch).
+/// `vcpu` reports the TSC frequency.
+pub(crate) fn vm_cpuid(hv: &Hypervisor, cpus: &CpusConfig, vcpu: &Vcpu) -> Result<CpuId, Error> {
+    let supported = hv.supported_cpuid()?;
+    let invtsc = cpuid::features::by_name("invtsc")
+        .is_some_and(|f| cpuid::supports(supported.as_slice(), f));
+    let tsc_khz = if invtsc {
+        vcpu.tsc_khz().ok().filter(|k| *k > 0)
+    } else {
+        None
+    };
+    let spec = spec(cpus, tsc_khz)?;
+    let entries = cpuid::build(supported.as_slice(), &spec)
+        .map_err(|e| ConfigError::new("--cpus", e.to_string()))?;
+    CpuId::from_entries(&entries)
+        .map_err(|_| Error::Internal(format!("{} CPUID entries are too many", entries.len())))
+}
+
+fn spec(cpus: &CpusConfig, tsc_khz: Option<u32>) -> Result<CpuSpec, ConfigError> {
+    let changes = cpus
+        .features
+        .iter()
+        .map(|f| FeatureChange::parse(f).map_err(|e| ConfigError::new("--cpus", e)))
+        .collect::<Result<_, _>>()?;
+    Ok(CpuSpec {
+        model: cpus.model.clone(),
+        changes,
+        pv: PvOptions {
+            kvm_pv: cpus.kvm_pv,
+            tsc_khz,
+        },
+    })
+}
+
+/// `--cpu-models`: one line per model, with whether this host can run it.
+pub fn list_models() -> Result<String, Error> {
+    let hv = Hypervisor::open()?;
+    let supported = hv.supported_cpuid()?;
+    let mut out = format!(
+        "{:<16} {:<8} {:<60} {}\n",
+        "MODEL", "VENDOR", "DESCRIPTION", "ON THIS HOST"
+    );
+    out.push_str(&format!(
+        "{:<16} {:<8} {:<60} yes\n",
+        "host", "host", "every feature KVM can virtualize on this host"
+    ));
+    for m in cpuid::MODELS {
+        let vendor = match m.vendor {
+            None => "host",
+            Some(cpuid::Vendor::Intel) => "Intel",
+            Some(cpuid::Vendor::Amd) => "AMD",
+        };
+        let verdict = match cpuid::check_model(supported.as_slice(), m) {
+            Ok(()) => "yes".to_string(),
+            Err(e) => format!("no: {e}"),
+        };
+        out.push_str(&format!(
+            "{:<16} {:<8} {:<60} {verdict}\n",
+            m.name, vendor, m.description
+        ));
+    }
+    Ok(out)
+}
