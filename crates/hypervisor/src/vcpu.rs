@@ -130,6 +130,13 @@ impl Vcpu {
             .map_err(Error::wrap("KVM_SET_LAPIC"))
     }
 
+    /// The CPUID KVM holds for this vCPU (`KVM_GET_CPUID2`).
+    pub fn cpuid(&self) -> Result<CpuId> {
+        self.fd
+            .get_cpuid2(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+            .map_err(Error::wrap("KVM_GET_CPUID2"))
+    }
+
     /// The guest TSC frequency in kHz (`KVM_GET_TSC_KHZ`).
     pub fn tsc_khz(&self) -> Result<u32> {
         self.fd

@@ -11,7 +11,7 @@ use crate::{ConfigError, Error};
 
 /// The VM-wide CPUID for `cpus` (before each vCPU's topology patch).
 /// `vcpu` reports the TSC frequency.
-pub(crate) fn vm_cpuid(hv: &Hypervisor, cpus: &CpusConfig, vcpu: &Vcpu) -> Result<CpuId, Error> {
+pub fn vm_cpuid(hv: &Hypervisor, cpus: &CpusConfig, vcpu: &Vcpu) -> Result<CpuId, Error> {
     let supported = hv.supported_cpuid()?;
     let invtsc = cpuid::features::by_name("invtsc")
         .is_some_and(|f| cpuid::supports(supported.as_slice(), f));
@@ -41,6 +41,45 @@ fn spec(cpus: &CpusConfig, tsc_khz: Option<u32>) -> Result<CpuSpec, ConfigError>
             tsc_khz,
         },
     })
+}
+
+/// Features whose bit KVM holds differently from what the VMM set (some
+/// KVMs, such as PVM, force host bits into the guest's CPUID): each with the
+/// value KVM holds.
+pub fn overridden_features(
+    set: &[hypervisor::kvm_bindings::kvm_cpuid_entry2],
+    held: &[hypervisor::kvm_bindings::kvm_cpuid_entry2],
+) -> Vec<(&'static str, bool)> {
+    cpuid::features::FEATURES
+        .iter()
+        .filter_map(|f| {
+            let has = |entries| cpuid::supports(entries, f);
+            let in_set = set
+                .iter()
+                .any(|e| e.function == f.leaf && e.index == f.subleaf);
+            (in_set && has(set) != has(held)).then(|| (f.name, has(held)))
+        })
+        .collect()
+}
+
+/// Reads back what KVM holds for `vcpu` after `set`, and warns once when it
+/// is not what the configuration fixes.
+pub(crate) fn warn_if_overridden(vcpu: &Vcpu, set: &CpuId) {
+    let Ok(held) = vcpu.cpuid() else {
+        return;
+    };
+    let changed = overridden_features(set.as_slice(), held.as_slice());
+    if changed.is_empty() {
+        return;
+    }
+    let list: Vec<String> = changed
+        .iter()
+        .map(|(name, on)| format!("{}{name}", if *on { '+' } else { '-' }))
+        .collect();
+    tracing::warn!(
+        "KVM on this host overrides CPUID bits the CPU model fixes ({}); the guest sees those as the host has them",
+        list.join(" ")
+    );
 }
 
 /// `--cpu-models`: one line per model, with whether this host can run it.

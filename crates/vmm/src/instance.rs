@@ -133,8 +133,11 @@ impl Instance {
         ctx: &BootContext,
         entry: &arch::cpu::EntryPoint,
     ) -> Result<(), Error> {
+        // Every vCPU exists and is configured before any runs: INIT/SIPI
+        // the boot vCPU sends to a vCPU not created yet would be lost.
         let topology = config.cpus.topology();
         let mut cpuid = None;
+        let mut vcpus = Vec::with_capacity(config.cpus.boot as usize);
         for index in 0..config.cpus.boot {
             // KVM's vCPU ID is the APIC ID.
             let vcpu = self.vm.create_vcpu(topology.apic_id(index))?;
@@ -149,6 +152,13 @@ impl Instance {
                 &self.mem,
                 (index == 0).then_some(entry),
             )?;
+            if index == 0 && ctx.generation <= 1 {
+                crate::cpu_model::warn_if_overridden(&vcpu, cpuid);
+            }
+            vcpus.push(vcpu);
+        }
+        // Application processors first, the boot vCPU last.
+        for (index, vcpu) in vcpus.into_iter().enumerate().rev() {
             let kicker = vcpu.kicker();
             let counters = Arc::new(Counters::new(vcpu::COUNTER_NAMES));
             let runner = VcpuRunner {
@@ -168,6 +178,8 @@ impl Instance {
             self.threads.push((kicker, handle));
             self.vcpu_counters.push(counters);
         }
+        // Counters by vCPU index.
+        self.vcpu_counters.reverse();
         Ok(())
     }
 

@@ -1,14 +1,31 @@
-//! The local APIC in xAPIC (MMIO) mode: identity, IPIs and the timer.
+//! The local APIC, in xAPIC (MMIO) or x2APIC (MSR) mode: identity, IPIs,
+//! the timer, and switching between the two modes.
+//!
+//! The registers are named by their xAPIC MMIO offsets; in x2APIC mode
+//! offset `R` is MSR `0x800 + R / 16` (TPR 0x808, EOI 0x80b, SVR 0x80f,
+//! ISR 0x810.., ICR 0x830, LVT timer 0x832, initial count 0x838, current
+//! count 0x839, divide 0x83e).
 
 use crate::bail;
 use crate::exit::Reason;
 use crate::phys::MAPPED_LIMIT;
+use core::arch::x86_64::__cpuid;
 use x86_64::registers::model_specific::Msr;
 
 const MSR_APIC_BASE: u32 = 0x1b;
 const APIC_BASE_ENABLE: u64 = 1 << 11;
-const APIC_BASE_X2APIC: u64 = 1 << 10;
+/// IA32_APIC_BASE.EXTD: x2APIC mode (with [`APIC_BASE_ENABLE`]).
+pub const APIC_BASE_X2APIC: u64 = 1 << 10;
 const APIC_BASE_ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
+/// First x2APIC MSR (the xAPIC register at offset 0).
+const X2APIC_MSR_BASE: u32 = 0x800;
+/// The x2APIC EOI register (used by the interrupt handlers).
+pub const X2APIC_MSR_EOI: u32 = 0x80b;
+/// CPUID.1:ECX bit 21: the CPU has an x2APIC.
+const CPUID1_ECX_X2APIC: u32 = 1 << 21;
+/// The xAPIC broadcast ID: the highest APIC ID xAPIC mode can address is
+/// one less.
+pub const XAPIC_MAX_ID: u32 = 0xfe;
 
 const REG_ID: usize = 0x20;
 const REG_TPR: usize = 0x80;
@@ -32,52 +49,150 @@ const LVT_TIMER_PERIODIC: u32 = 1 << 17;
 pub const TIMER_DIVIDE_16: u32 = 0x3;
 const MAX_ICR_POLLS: u32 = 100_000;
 
+/// The two register interfaces of a local APIC.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Mode {
+    /// Memory-mapped registers, 8-bit APIC IDs.
+    XApic,
+    /// MSRs, 32-bit APIC IDs.
+    X2Apic,
+}
+
+impl Mode {
+    /// `xapic` or `x2apic`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::XApic => "xapic",
+            Mode::X2Apic => "x2apic",
+        }
+    }
+}
+
+/// Whether the CPU has an x2APIC (CPUID.1:ECX bit 21).
+pub fn x2apic_supported() -> bool {
+    __cpuid(1).ecx & CPUID1_ECX_X2APIC != 0
+}
+
+fn apic_base() -> u64 {
+    // SAFETY: IA32_APIC_BASE exists on every CPU with an APIC.
+    unsafe { Msr::new(MSR_APIC_BASE).read() }
+}
+
+fn set_apic_base(value: u64) {
+    // SAFETY: the callers only make the transitions the SDM allows
+    // (disabled <-> xAPIC -> x2APIC -> disabled), keeping the base address.
+    unsafe { Msr::new(MSR_APIC_BASE).write(value) }
+}
+
 /// The calling CPU's local APIC.
 #[derive(Clone, Copy)]
 pub struct LocalApic {
+    /// MMIO base (xAPIC mode; unused in x2APIC mode).
     base: usize,
+    mode: Mode,
 }
 
 impl LocalApic {
-    /// Finds this CPU's APIC through IA32_APIC_BASE; it must be enabled, in
-    /// xAPIC mode and below 4 GiB.
+    /// Finds this CPU's APIC through IA32_APIC_BASE; it must be enabled,
+    /// and in xAPIC mode its page must be below 4 GiB.
     pub fn current() -> Result<Self, Reason> {
-        // SAFETY: IA32_APIC_BASE exists on every CPU with an APIC.
-        let value = unsafe { Msr::new(MSR_APIC_BASE).read() };
+        let value = apic_base();
         let base = value & APIC_BASE_ADDR_MASK;
         if value & APIC_BASE_ENABLE == 0 {
             bail!("local apic disabled (apic_base={:#x})", value);
         }
         if value & APIC_BASE_X2APIC != 0 {
-            bail!("local apic in x2apic mode (apic_base={:#x})", value);
+            return Ok(Self {
+                base: base as usize,
+                mode: Mode::X2Apic,
+            });
         }
         if base + 0x1000 > MAPPED_LIMIT {
             bail!("local apic at {:#x} is not mapped", base);
         }
         Ok(Self {
             base: base as usize,
+            mode: Mode::XApic,
         })
     }
 
+    /// Puts this CPU's APIC in `mode` (nothing to do if it already is) and
+    /// returns it. xAPIC -> x2APIC sets EXTD; x2APIC -> xAPIC has to pass
+    /// through "disabled", which resets the APIC's registers (callers
+    /// enable it again).
+    pub fn switch_to(mode: Mode) -> Result<Self, Reason> {
+        let current = Self::current()?;
+        if current.mode == mode {
+            return Ok(current);
+        }
+        let value = apic_base();
+        match mode {
+            Mode::X2Apic => {
+                if !x2apic_supported() {
+                    bail!("cpu has no x2apic (cpuid.1:ecx bit 21 clear)");
+                }
+                set_apic_base(value | APIC_BASE_ENABLE | APIC_BASE_X2APIC);
+            }
+            Mode::XApic => {
+                let disabled = value & !(APIC_BASE_ENABLE | APIC_BASE_X2APIC);
+                set_apic_base(disabled);
+                set_apic_base(disabled | APIC_BASE_ENABLE);
+            }
+        }
+        let now = Self::current()?;
+        if now.mode != mode {
+            bail!(
+                "local apic did not switch to {} mode (apic_base={:#x})",
+                mode.name(),
+                apic_base()
+            );
+        }
+        Ok(now)
+    }
+
+    /// The register interface in use.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
     fn read(&self, reg: usize) -> u32 {
-        // SAFETY: `base` is the identity-mapped (uncached) APIC page and `reg`
-        // one of its 16-byte aligned registers.
-        unsafe { ((self.base + reg) as *const u32).read_volatile() }
+        match self.mode {
+            // SAFETY: `base` is the identity-mapped (uncached) APIC page and
+            // `reg` one of its 16-byte aligned registers.
+            Mode::XApic => unsafe { ((self.base + reg) as *const u32).read_volatile() },
+            // SAFETY: the APIC is in x2APIC mode, where this MSR is the
+            // readable register at `reg`.
+            Mode::X2Apic => unsafe { Msr::new(X2APIC_MSR_BASE + (reg >> 4) as u32).read() as u32 },
+        }
     }
 
     fn write(&self, reg: usize, value: u32) {
-        // SAFETY: as for `read`; register writes only affect the APIC.
-        unsafe { ((self.base + reg) as *mut u32).write_volatile(value) }
+        match self.mode {
+            // SAFETY: as for `read`; register writes only affect the APIC.
+            Mode::XApic => unsafe { ((self.base + reg) as *mut u32).write_volatile(value) },
+            // SAFETY: as for `read`, a writable register.
+            Mode::X2Apic => unsafe {
+                Msr::new(X2APIC_MSR_BASE + (reg >> 4) as u32).write(u64::from(value))
+            },
+        }
     }
 
-    /// Physical address of the EOI register.
+    /// Physical address of the EOI register; 0 in x2APIC mode, where the
+    /// interrupt handlers write MSR [`X2APIC_MSR_EOI`] instead (see
+    /// `idt::LAPIC_EOI_ADDR`).
     pub fn eoi_addr(&self) -> u64 {
-        (self.base + REG_EOI) as u64
+        match self.mode {
+            Mode::XApic => (self.base + REG_EOI) as u64,
+            Mode::X2Apic => 0,
+        }
     }
 
-    /// This CPU's APIC ID.
+    /// This CPU's APIC ID (8 bits in xAPIC mode, 32 in x2APIC mode).
     pub fn id(&self) -> u32 {
-        self.read(REG_ID) >> 24
+        match self.mode {
+            Mode::XApic => self.read(REG_ID) >> 24,
+            Mode::X2Apic => self.read(REG_ID),
+        }
     }
 
     /// Software-enables the APIC with `spurious_vector` and accepts all
@@ -88,6 +203,19 @@ impl LocalApic {
     }
 
     fn send_ipi(&self, apic_id: u32, command: u32) -> Result<(), Reason> {
+        if self.mode == Mode::X2Apic {
+            // One 64-bit write, destination in bits 63:32; x2APIC mode has
+            // no delivery status to wait for.
+            // SAFETY: writing the ICR only sends the IPI.
+            unsafe {
+                Msr::new(X2APIC_MSR_BASE + (REG_ICR_LOW >> 4) as u32)
+                    .write(u64::from(apic_id) << 32 | u64::from(command))
+            };
+            return Ok(());
+        }
+        if apic_id > XAPIC_MAX_ID {
+            bail!("apic id {} cannot be reached in xapic mode", apic_id);
+        }
         self.write(REG_ICR_HIGH, apic_id << 24);
         self.write(REG_ICR_LOW, command);
         for _ in 0..MAX_ICR_POLLS {

@@ -2,7 +2,10 @@
 //! the APIC timer handler (vector 0x40), counting handlers for device
 //! interrupts (MSI/MSI-X, vectors 0x50..0x57), the legacy INTx handler
 //! (vector 0x58, through the I/O APIC), the ACPI SCI handler (vector 0x59,
-//! fixed-feature power button) and the spurious-interrupt handler.
+//! fixed-feature power button) and the spurious-interrupt handler. Their
+//! EOIs go to the xAPIC EOI register or, in x2APIC mode, the EOI MSR (see
+//! [`LAPIC_EOI_ADDR`]). [`with_gp_skip`] swaps in a #GP handler that skips
+//! faulting RDMSR/WRMSR instructions.
 //!
 //! `extern "x86-interrupt"` is nightly-only, so the entry stubs are written
 //! in assembly.
@@ -56,8 +59,15 @@ static DEVICE_IRQS: [AtomicU64; DEVICE_VECTORS] = [const { AtomicU64::new(0) }; 
 
 /// Interrupts taken on [`TIMER_VECTOR`].
 pub static TIMER_TICKS: AtomicU64 = AtomicU64::new(0);
-/// Address of the local APIC EOI register, written by the timer handler.
+/// Address of the local APIC EOI register, written by the interrupt
+/// handlers; 0 means x2APIC mode: they write the x2APIC EOI MSR (0x80b)
+/// instead. Store `LocalApic::eoi_addr()` here.
 pub static LAPIC_EOI_ADDR: AtomicU64 = AtomicU64::new(0xfee0_00b0);
+
+/// Vector of the general-protection exception.
+const GP_VECTOR: usize = 13;
+/// RDMSR/WRMSR #GPs skipped by `gp_skip_isr` (see [`with_gp_skip`]).
+static GP_SKIPPED: AtomicU64 = AtomicU64::new(0);
 
 /// A 64-bit interrupt gate.
 #[repr(C)]
@@ -100,8 +110,9 @@ impl Gate {
 #[repr(C, align(16))]
 struct Idt(UnsafeCell<[Gate; 256]>);
 
-// SAFETY: the table is written only by the boot CPU in `init`, before
-// interrupts are enabled and before any other CPU runs.
+// SAFETY: the table is filled by the boot CPU in `init`, before interrupts
+// are enabled and before any other CPU runs; later only `with_gp_skip`
+// swaps the #GP gate, on the boot CPU, while APs are parked.
 unsafe impl Sync for Idt {}
 
 static IDT: Idt = Idt(UnsafeCell::new([Gate::MISSING; 256]));
@@ -123,6 +134,7 @@ extern "C" {
     fn spurious_isr();
     fn intx_isr();
     fn sci_isr();
+    fn gp_skip_isr();
 }
 
 /// Fills the IDT and loads it on this CPU.
@@ -155,6 +167,34 @@ pub fn init() {
     gates[usize::from(INTX_VECTOR)] = Gate::interrupt(intx_isr as *const () as u64);
     gates[usize::from(SCI_VECTOR)] = Gate::interrupt(sci_isr as *const () as u64);
     load();
+}
+
+/// Runs `f` with a recoverable #GP handler: a #GP raised by an RDMSR or
+/// WRMSR instruction is counted and the instruction skipped (as if it had
+/// done nothing; RDMSR then leaves EDX:EAX unchanged); any other #GP still
+/// ends the probe. Returns `f`'s result and the number of #GPs skipped. The
+/// normal handler is back in place afterwards. Boot CPU only, while other
+/// CPUs (if any) are parked.
+pub fn with_gp_skip<R>(f: impl FnOnce() -> R) -> (R, u64) {
+    let gate = |handler: u64| {
+        // SAFETY: one gate of the live IDT is replaced with a complete new
+        // value; only the boot CPU runs code that can fault while this
+        // happens (APs are parked with interrupts off), and a gate write is
+        // not torn in a way that matters: no #GP is raised in between.
+        unsafe {
+            let gates = &mut *IDT.0.get();
+            core::ptr::write_volatile(&mut gates[GP_VECTOR], Gate::interrupt(handler));
+        }
+    };
+    // SAFETY: `exception_stubs` is a read-only table defined below.
+    let normal = unsafe { (*core::ptr::addr_of!(exception_stubs))[GP_VECTOR] };
+    let before = GP_SKIPPED.load(Ordering::SeqCst);
+    gate(gp_skip_isr as *const () as u64);
+    core::sync::atomic::compiler_fence(Ordering::SeqCst);
+    let result = f();
+    core::sync::atomic::compiler_fence(Ordering::SeqCst);
+    gate(normal);
+    (result, GP_SKIPPED.load(Ordering::SeqCst) - before)
 }
 
 /// Loads the (already built) IDT on this CPU.
@@ -193,6 +233,27 @@ extern "C" fn exception_handler(frame: &ExceptionFrame) -> ! {
 
 global_asm!(
     r#"
+    /* EOI to the local APIC: a 32-bit write of 0 to the xAPIC EOI register
+       at LAPIC_EOI_ADDR, or, when that is 0 (x2APIC mode), a WRMSR of 0 to
+       the x2APIC EOI MSR. Clobbers RAX (and the flags, which iretq
+       restores); saves RCX and RDX itself. */
+    .macro lapic_eoi
+    mov {eoi}(%rip), %rax
+    test %rax, %rax
+    jz 88f
+    movl $0, (%rax)
+    jmp 89f
+88: push %rcx
+    push %rdx
+    mov ${eoi_msr}, %ecx
+    xor %eax, %eax
+    xor %edx, %edx
+    wrmsr
+    pop %rdx
+    pop %rcx
+89:
+    .endm
+
     .macro exc_stub vec, has_error
 exc_stub_\vec:
     .if \has_error == 0
@@ -222,8 +283,7 @@ exc_common:
 timer_isr:
     push %rax
     lock incq {ticks}(%rip)
-    mov {eoi}(%rip), %rax
-    movl $0, (%rax)
+    lapic_eoi
     pop %rax
     iretq
 
@@ -231,13 +291,33 @@ timer_isr:
 spurious_isr:
     iretq
 
+    /* #GP while `with_gp_skip` runs: if the faulting instruction is RDMSR
+       (0f 32) or WRMSR (0f 30), count it and resume after it (both are two
+       bytes); any other #GP takes the fatal path. Stack on entry: error
+       code, RIP, CS, RFLAGS, RSP, SS. */
+    .globl gp_skip_isr
+gp_skip_isr:
+    push %rax
+    mov 16(%rsp), %rax
+    movzwl (%rax), %eax
+    cmp $0x320f, %eax
+    je 4f
+    cmp $0x300f, %eax
+    je 4f
+    pop %rax
+    jmp exc_stub_13
+4:  lock incq {gp_skipped}(%rip)
+    addq $2, 16(%rsp)
+    pop %rax
+    add $8, %rsp
+    iretq
+
     /* Device vectors: count, EOI (MSIs are edge triggered). */
     .irp i, 0,1,2,3,4,5,6,7
 device_isr_\i:
     push %rax
     lock incq {device_irqs}+8*\i(%rip)
-    mov {eoi}(%rip), %rax
-    movl $0, (%rax)
+    lapic_eoi
     pop %rax
     iretq
     .endr
@@ -256,8 +336,7 @@ intx_isr:
     test %eax, %eax
     jnz 2f
     lock incq {intx_idle}(%rip)
-2:  mov {eoi}(%rip), %rax
-    movl $0, (%rax)
+2:  lapic_eoi
     pop %rax
     iretq
 
@@ -278,8 +357,7 @@ sci_isr:
     mov $0x100, %eax
     outw %ax, %dx
     lock incq {presses}(%rip)
-3:  mov {eoi}(%rip), %rax
-    movl $0, (%rax)
+3:  lapic_eoi
     pop %rdx
     pop %rax
     iretq
@@ -311,6 +389,8 @@ device_stubs:
     sci_irqs = sym SCI_IRQS,
     sci_port = sym SCI_PM1_STS_PORT,
     presses = sym POWER_BUTTON_PRESSES,
+    eoi_msr = const crate::apic::X2APIC_MSR_EOI,
+    gp_skipped = sym GP_SKIPPED,
     options(att_syntax)
 );
 

@@ -44,6 +44,7 @@ pub fn cpus(rsdp_paddr: u64) -> Result<CpuList, Reason> {
             _ => {}
         }
     }
+    cpus.check_unique()?;
     Ok(cpus)
 }
 

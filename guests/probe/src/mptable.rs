@@ -107,5 +107,6 @@ fn parse_floating(floating: &PhysRange) -> Result<Option<CpuList>, Reason> {
         }
         offset += entry_len;
     }
+    cpus.check_unique()?;
     Ok(Some(cpus))
 }

@@ -3,11 +3,12 @@
 
 use super::Outcome;
 use crate::apic::{LocalApic, TIMER_DIVIDE_16};
-use crate::cpus::{self, CpuList, MAX_CPUS};
+use crate::cpus::{self, CpuList};
 use crate::idt::{self, SPURIOUS_VECTOR, TIMER_VECTOR};
 use crate::start_info::{StartInfo, MAX_MEMMAP, MEM_TYPE_RAM};
 use crate::tsc::Deadline;
 use crate::{bail, pic, rtc, say, smp};
+use alloc::vec::Vec;
 use core::fmt;
 use core::sync::atomic::Ordering;
 use x86_64::instructions::interrupts;
@@ -34,10 +35,11 @@ pub fn run(info: &StartInfo) -> Outcome {
     if !cpus.ids().contains(&bsp) {
         bail!("boot cpu apic id {} is not in the {}", bsp, cpus.source);
     }
+    let lapic = smp::select_mode(lapic, cpus.ids(), info.cmdline())?;
     lapic.enable(SPURIOUS_VECTOR);
     pic::disable();
 
-    check_aps(&lapic, &cpus)?;
+    check_aps(&lapic, &cpus, info)?;
     check_timer(&lapic)?;
     check_rtc()
 }
@@ -83,37 +85,42 @@ impl fmt::Display for IdList<'_> {
     }
 }
 
-fn check_aps(lapic: &LocalApic, cpus: &CpuList) -> Outcome {
+fn check_aps(lapic: &LocalApic, cpus: &CpuList, info: &StartInfo) -> Outcome {
     let expected = cpus.ids().len() - 1;
-    let report = smp::start_aps(lapic, cpus.ids())?;
-    say!("aps started={} expected={}", report.started, expected);
+    let report = smp::start_aps(lapic, cpus.ids(), info)?;
+    say!(
+        "aps started={} expected={} mode={} ms={}",
+        report.started,
+        expected,
+        report.mode.name(),
+        report.elapsed_us / 1000
+    );
 
-    let mut seen = [0u32; MAX_CPUS];
-    seen[0] = lapic.id();
-    let mut count = 1;
-    for &id in report.ids.iter().filter(|&&id| id != u32::MAX) {
-        if count < MAX_CPUS {
-            seen[count] = id;
-            count += 1;
-        }
-    }
-    let seen = &mut seen[..count];
+    let mut seen = report.ids;
+    seen.push(lapic.id());
     seen.sort_unstable();
-    say!("apic ids={}", IdList(seen));
+    say!("apic ids={}", IdList(&seen));
 
+    let listed = cpus.sorted();
     if report.started != expected {
-        bail!("aps started={} expected={}", report.started, expected);
+        let missing: Vec<u32> = listed
+            .iter()
+            .copied()
+            .filter(|id| seen.binary_search(id).is_err())
+            .collect();
+        bail!(
+            "aps started={} expected={} (missing apic ids {})",
+            report.started,
+            expected,
+            IdList(&missing)
+        );
     }
-    let mut listed = [0u32; MAX_CPUS];
-    let listed = &mut listed[..cpus.ids().len()];
-    listed.copy_from_slice(cpus.ids());
-    listed.sort_unstable();
     if seen != listed {
         bail!(
             "apic ids {} differ from the {} ({})",
-            IdList(seen),
+            IdList(&seen),
             cpus.source,
-            IdList(listed)
+            IdList(&listed)
         );
     }
     Ok(())
@@ -121,11 +128,13 @@ fn check_aps(lapic: &LocalApic, cpus: &CpuList) -> Outcome {
 
 fn check_timer(lapic: &LocalApic) -> Outcome {
     idt::LAPIC_EOI_ADDR.store(lapic.eoi_addr(), Ordering::SeqCst);
+    // AP start-up ran the timer already: count from here.
+    let before = idt::timer_ticks();
     let deadline = Deadline::after_us(TIMER_TIMEOUT_US);
     lapic.start_periodic_timer(TIMER_VECTOR, TIMER_DIVIDE_16, TIMER_INITIAL_COUNT);
     interrupts::enable();
     loop {
-        let ticks = idt::timer_ticks();
+        let ticks = idt::timer_ticks() - before;
         if ticks >= TIMER_TICKS_WANTED || deadline.expired() {
             break;
         }
@@ -144,7 +153,7 @@ fn check_timer(lapic: &LocalApic) -> Outcome {
     }
     interrupts::disable();
     lapic.stop_timer();
-    let ticks = idt::timer_ticks();
+    let ticks = idt::timer_ticks() - before;
     say!("apic timer ticks={}", ticks);
     if ticks < TIMER_TICKS_WANTED {
         bail!(

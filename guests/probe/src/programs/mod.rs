@@ -8,6 +8,7 @@ mod blk;
 mod blkbench;
 mod boot;
 mod channel;
+mod cpuid;
 mod echo;
 mod fault;
 mod pci;
@@ -76,6 +77,10 @@ const PROGRAMS: &[Program] = &[
     Program {
         name: "ticks",
         run: ticks::run,
+    },
+    Program {
+        name: "cpuid",
+        run: cpuid::run,
     },
 ];
 
