@@ -61,7 +61,7 @@ impl Instance {
         vm.set_x86_system_pages(layout::KVM_TSS_ADDR)?;
         vm.create_platform_irqchip()?;
         let size = config.memory.size;
-        let mem = memory::create(size)?;
+        let mem = memory::create(&config.memory)?;
         memory::register(&vm, &mem)?;
 
         let topology = config.cpus.topology();

@@ -124,14 +124,31 @@ fn parse_topology(val: &str) -> Result<TopologyConfig, ConfigError> {
 /// Parses `--memory size=SIZE`.
 pub fn parse_memory(value: &str) -> Result<MemoryConfig, ConfigError> {
     const FLAG: &str = "--memory";
+    const KEYS: [&str; 8] = [
+        "size",
+        "thp",
+        "hugepages",
+        "hugepage_size",
+        "mergeable",
+        "shared",
+        "prefault",
+        "file",
+    ];
+    let mut memory = MemoryConfig::with_size(0);
     let mut size = None;
-    for (key, val) in parse_options(FLAG, value, &["size"])? {
-        if key == "size" {
-            size = Some(parse_size(FLAG, val)?);
+    for (key, val) in parse_options(FLAG, value, &KEYS)? {
+        match key {
+            "size" => size = Some(parse_size(FLAG, val)?),
+            "thp" => memory.thp = parse_on_off(FLAG, key, val)?,
+            "hugepages" => memory.hugepages = parse_on_off(FLAG, key, val)?,
+            "hugepage_size" => memory.hugepage_size = parse_size(FLAG, val)?,
+            "mergeable" => memory.mergeable = parse_on_off(FLAG, key, val)?,
+            "shared" => memory.shared = parse_on_off(FLAG, key, val)?,
+            "prefault" => memory.prefault = parse_on_off(FLAG, key, val)?,
+            _ => memory.file = Some(PathBuf::from(val)),
         }
     }
-    let size = size.ok_or_else(|| ConfigError::new(FLAG, "size=SIZE is required"))?;
-    let memory = MemoryConfig { size };
+    memory.size = size.ok_or_else(|| ConfigError::new(FLAG, "size=SIZE is required"))?;
     validate::memory(&memory)?;
     Ok(memory)
 }
@@ -321,8 +338,25 @@ mod tests {
     fn memory() {
         assert_eq!(
             parse_memory("size=512M"),
-            Ok(MemoryConfig { size: 512 << 20 })
+            Ok(MemoryConfig::with_size(512 << 20))
         );
+        let m = parse_memory(
+            "size=2G,thp=off,hugepages=on,hugepage_size=1G,prefault=on,shared=on,file=/dev/hugepages/vm",
+        )
+        .unwrap();
+        assert!(!m.thp && m.hugepages && m.prefault && m.shared);
+        assert_eq!(m.hugepage_size, 1 << 30);
+        for bad in [
+            "size=512M,hugepages=on,hugepage_size=4M",
+            "size=3M,hugepages=on",
+            "size=512M,mergeable=on,shared=on",
+            "size=512M,mergeable=on,file=/x",
+            "size=512M,hugepages=on,hugepage_size=1G",
+            "size=512M,thp=maybe",
+            "size=512M,file=",
+        ] {
+            assert_eq!(parse_memory(bad).unwrap_err().flag, "--memory", "{bad}");
+        }
         assert!(parse_memory("size=1M")
             .unwrap_err()
             .message

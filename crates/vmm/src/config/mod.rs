@@ -245,17 +245,58 @@ impl Default for CpusConfig {
 }
 
 /// `--memory`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MemoryConfig {
     /// Guest RAM in bytes (a config file may also say `"512M"`).
     #[serde(deserialize_with = "file::size")]
     pub size: u64,
+    /// Advise transparent hugepages (MADV_HUGEPAGE); off: MADV_NOHUGEPAGE.
+    #[serde(default = "default_true")]
+    pub thp: bool,
+    /// Back guest RAM with hugetlbfs pages of `hugepage_size`.
+    #[serde(default)]
+    pub hugepages: bool,
+    /// 2 MiB or 1 GiB (with `hugepages`).
+    #[serde(default = "default_hugepage_size", deserialize_with = "file::size")]
+    pub hugepage_size: u64,
+    /// Let the kernel's samepage merging (KSM) share identical pages.
+    #[serde(default)]
+    pub mergeable: bool,
+    /// Shared memory (a memfd) instead of private anonymous memory.
+    #[serde(default)]
+    pub shared: bool,
+    /// Populate all of guest RAM before the guest starts.
+    #[serde(default)]
+    pub prefault: bool,
+    /// A file (on tmpfs, hugetlbfs or disk) that backs guest RAM, shared.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
+}
+
+fn default_hugepage_size() -> u64 {
+    2 << 20
+}
+
+impl MemoryConfig {
+    /// `size` bytes with every option at its default.
+    pub fn with_size(size: u64) -> MemoryConfig {
+        MemoryConfig {
+            size,
+            thp: true,
+            hugepages: false,
+            hugepage_size: default_hugepage_size(),
+            mergeable: false,
+            shared: false,
+            prefault: false,
+            file: None,
+        }
+    }
 }
 
 impl Default for MemoryConfig {
     fn default() -> MemoryConfig {
-        MemoryConfig { size: 512 << 20 }
+        MemoryConfig::with_size(512 << 20)
     }
 }
 

@@ -129,6 +129,34 @@ pub(super) fn memory(memory: &MemoryConfig) -> Result<(), ConfigError> {
             format!("size={size}: must be a multiple of 4 KiB"),
         ));
     }
+    if memory.hugepages {
+        let page = memory.hugepage_size;
+        if page != 2 << 20 && page != 1 << 30 {
+            return Err(ConfigError::new(
+                FLAG,
+                format!("hugepage_size={page}: 2M or 1G"),
+            ));
+        }
+        if size % page != 0 {
+            return Err(ConfigError::new(
+                FLAG,
+                format!("size={size}: must be a multiple of hugepage_size={page}"),
+            ));
+        }
+    }
+    if memory.mergeable && (memory.shared || memory.file.is_some()) {
+        return Err(ConfigError::new(
+            FLAG,
+            "mergeable=on needs private memory: KSM does not merge shared or file pages",
+        ));
+    }
+    if memory
+        .file
+        .as_ref()
+        .is_some_and(|f| f.as_os_str().is_empty())
+    {
+        return Err(ConfigError::new(FLAG, "file=: the path is empty"));
+    }
     Ok(())
 }
 
