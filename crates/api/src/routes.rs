@@ -26,6 +26,8 @@ pub enum Action {
     Shutdown,
     /// `vmm.shutdown`: answered first, acted on after the answer is sent.
     VmmShutdown,
+    /// `vm.resize`: `{"desired_balloon": bytes}`.
+    Resize,
     /// Reserved for a capability that is not built yet: 501.
     Reserved,
 }
@@ -75,7 +77,7 @@ pub const ROUTES: &[Route] = &[
     route("vm.add-net", "PUT", Action::Reserved),
     route("vm.add-device", "PUT", Action::Reserved),
     route("vm.remove-device", "PUT", Action::Reserved),
-    route("vm.resize", "PUT", Action::Reserved),
+    route("vm.resize", "PUT", Action::Resize),
     route("vm.snapshot", "PUT", Action::Reserved),
     route("vm.restore", "PUT", Action::Reserved),
     route("vm.send-migration", "PUT", Action::Reserved),
@@ -93,6 +95,18 @@ pub const MAX_SHUTDOWN_TIMEOUT_MS: u64 = 3_600_000;
 pub struct ShutdownBody {
     /// How long the guest has to power off after the button press.
     pub timeout_ms: Option<u64>,
+}
+
+/// `vm.resize`'s body (Cloud Hypervisor's names; only the balloon for now).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResizeBody {
+    /// The balloon's new size in bytes.
+    pub desired_balloon: Option<u64>,
+    /// vCPU hotplug (not supported yet).
+    pub desired_vcpus: Option<u32>,
+    /// Memory hotplug (not supported yet).
+    pub desired_ram: Option<u64>,
 }
 
 /// Serves the routes by sending requests to the VMM's controller.
@@ -232,6 +246,22 @@ impl Handler for Router {
                     }
                 };
                 self.call(VmmRequest::Shutdown { timeout })
+            }
+            Action::Resize => {
+                let body: ResizeBody = match parse_body(&request.body) {
+                    Ok(b) => b,
+                    Err(e) => return Response::error(400, format!("vm.resize: {e}")),
+                };
+                if body.desired_vcpus.is_some() || body.desired_ram.is_some() {
+                    return Response::error(
+                        400,
+                        "vm.resize: desired_vcpus and desired_ram are not supported yet; desired_balloon is",
+                    );
+                }
+                match body.desired_balloon {
+                    Some(bytes) => self.call(VmmRequest::ResizeBalloon(bytes)),
+                    None => Response::error(400, "vm.resize: desired_balloon is required"),
+                }
             }
             Action::VmmShutdown => {
                 if !is_empty_body(&request.body) {

@@ -55,6 +55,12 @@ enum Command {
     Reboot,
     /// vm.delete: stop and forget the VM.
     Delete,
+    /// vm.resize: set the memory balloon's size (e.g. 256M; 0 deflates it).
+    Resize {
+        /// The balloon's new size (bytes, or with a K/M/G suffix).
+        #[arg(long, value_name = "SIZE")]
+        balloon: String,
+    },
     /// vm.info: state, config and devices.
     Info,
     /// vm.counters: per-device I/O and per-vCPU exit counters.
@@ -109,6 +115,14 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         Command::PowerButton => ("PUT", "vm.power-button", None),
         Command::Reboot => ("PUT", "vm.reboot", None),
         Command::Delete => ("PUT", "vm.delete", None),
+        Command::Resize { balloon } => {
+            let bytes = vmm::config::parse_size("--balloon", balloon)
+                .map_err(|e| Failure::Usage(e.to_string()))?;
+            let body = serde_json::json!({ "desired_balloon": bytes })
+                .to_string()
+                .into_bytes();
+            ("PUT", "vm.resize", Some(body))
+        }
         Command::Info => ("GET", "vm.info", None),
         Command::Counters => ("GET", "vm.counters", None),
     };

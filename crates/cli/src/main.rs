@@ -61,6 +61,10 @@ struct Cli {
     /// (guest output to a file), optionally console=on. Repeatable; all ports share one device.
     #[arg(long, value_name = "name=NAME,socket=PATH")]
     channel: Vec<String>,
+    /// A virtio-balloon device: size=SIZE[,deflate_on_oom=on][,free_page_reporting=on][,id=NAME].
+    /// Resize it at run time with vm.resize {"desired_balloon": BYTES}.
+    #[arg(long, value_name = "size=SIZE,...")]
+    balloon: Option<String>,
     /// Give the guest a virtio-rng device (PCI) fed from the host's getrandom.
     #[arg(long)]
     rng: bool,
@@ -73,7 +77,8 @@ struct Cli {
 }
 
 /// The flags that describe a VM, which `--config` replaces.
-const VM_FLAGS: [&str; 11] = [
+const VM_FLAGS: [&str; 12] = [
+    "balloon",
     "kernel",
     "initramfs",
     "cmdline",
@@ -103,6 +108,7 @@ impl Cli {
                 || !self.disk.is_empty()
                 || !self.channel.is_empty()
                 || self.rng
+                || self.balloon.is_some()
                 || self.on_reboot.is_some();
             if other_flag || self.api_socket.is_none() {
                 return Err(ConfigError::new(
@@ -129,6 +135,9 @@ impl Cli {
             c.on_reboot = config::parse_on_reboot(policy)?;
         }
         c.rng = self.rng.then_some(config::RngConfig { id: None });
+        if let Some(b) = &self.balloon {
+            c.balloon = Some(config::parse_balloon(b)?);
+        }
         c.disks = self
             .disk
             .iter()

@@ -2,6 +2,7 @@
 //! `virtio-queue`; each activated device runs its queues on a worker thread
 //! of its own, woken by ioeventfds, and interrupts the guest through MSI-X.
 
+pub mod balloon;
 pub mod block;
 pub mod console;
 pub mod device;

@@ -431,6 +431,18 @@ impl Vmm {
                 self.emit("power-button", Value::Null);
                 Ok(Reply::Done)
             }
+            Request::ResizeBalloon(bytes) => {
+                self.check(Action::Resize)?;
+                let instance = self
+                    .instance
+                    .as_ref()
+                    .ok_or_else(|| RequestError::Failed("no running instance".into()))?;
+                instance
+                    .resize_balloon(bytes)
+                    .map_err(RequestError::BadRequest)?;
+                self.emit("balloon-resized", json!({ "size": bytes }));
+                Ok(Reply::Done)
+            }
             Request::Reboot => {
                 self.check(Action::Reboot)?;
                 if let Err(e) = self.restart() {

@@ -254,13 +254,25 @@ impl Instance {
             .press_power_button();
     }
 
+    /// Sets the balloon's target size.
+    pub fn resize_balloon(&self, bytes: u64) -> Result<(), String> {
+        match &self.buses.balloon {
+            Some(b) => b.resize(bytes),
+            None => Err("the VM has no balloon (--balloon)".into()),
+        }
+    }
+
     /// Every device of the instance.
     pub fn devices(&self) -> Vec<DeviceInfo> {
         self.buses.devices.iter().map(|(d, _)| d.clone()).collect()
     }
 
-    /// Counters of every device that has them and of every vCPU.
+    /// Counters of every device that has them and of every vCPU. The
+    /// balloon is asked for fresh guest statistics for the next call.
     pub fn counters(&self) -> BTreeMap<String, BTreeMap<String, u64>> {
+        if let Some(b) = &self.buses.balloon {
+            b.request_stats();
+        }
         let to_map = |c: &Counters| {
             c.snapshot()
                 .into_iter()

@@ -37,6 +37,8 @@ pub struct Buses {
     pub power: Arc<Mutex<pm::PowerManagement>>,
     /// Every device with its id and address, and its counters if it has any.
     pub devices: Vec<(DeviceInfo, Option<Arc<Counters>>)>,
+    /// The memory balloon, if the VM has one.
+    pub balloon: Option<virtio::balloon::BalloonHandle>,
 }
 
 fn shared(device: impl BusDevice + 'static) -> SharedDevice {
@@ -188,6 +190,7 @@ impl Buses {
             pci,
             power,
             devices,
+            balloon: None,
         };
         buses.add_virtio_devices(config, vm, mem, disks, channels)?;
         Ok(buses)
@@ -236,6 +239,22 @@ impl Buses {
                 id: crate::config::CONSOLE_DEVICE_ID.into(),
                 kind: "virtio-console",
                 counters: None,
+                make: virtio_device(device, mem, &router.sender(), &ioevents),
+            });
+        }
+        if let Some(b) = &config.balloon {
+            let device = virtio::balloon::Balloon::new(virtio::balloon::BalloonConfig {
+                size: b.size,
+                deflate_on_oom: b.deflate_on_oom,
+                free_page_reporting: b.free_page_reporting,
+            })
+            .map_err(Error::io("creating the balloon"))?;
+            self.balloon = Some(device.handle());
+            devices.push(PendingDevice {
+                addr: None,
+                id: b.id.clone().unwrap_or_default(),
+                kind: "virtio-balloon",
+                counters: Some(device.counters()),
                 make: virtio_device(device, mem, &router.sender(), &ioevents),
             });
         }

@@ -37,6 +37,8 @@ pub enum Request {
     Reboot,
     /// `vm.delete`.
     Delete,
+    /// `vm.resize`: the balloon's new target size in bytes.
+    ResizeBalloon(u64),
     /// `vm.info`.
     Info,
     /// `vm.counters`.

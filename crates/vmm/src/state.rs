@@ -48,6 +48,8 @@ pub enum Action {
     Reboot,
     /// `vm.delete`.
     Delete,
+    /// `vm.resize`.
+    Resize,
 }
 
 impl Action {
@@ -62,6 +64,7 @@ impl Action {
             Action::PowerButton => "vm.power-button",
             Action::Reboot => "vm.reboot",
             Action::Delete => "vm.delete",
+            Action::Resize => "vm.resize",
         }
     }
 }
@@ -81,6 +84,8 @@ const TRANSITIONS: &[(Option<VmState>, Action, Option<VmState>)] = &[
     (Some(S::Running), A::PowerButton, Some(S::Running)),
     (Some(S::Running), A::Reboot, Some(S::Running)),
     (Some(S::Paused), A::Reboot, Some(S::Running)),
+    (Some(S::Running), A::Resize, Some(S::Running)),
+    (Some(S::Paused), A::Resize, Some(S::Paused)),
     (Some(S::Created), A::Delete, None),
     (Some(S::Running), A::Delete, None),
     (Some(S::Paused), A::Delete, None),

@@ -269,6 +269,30 @@ pub fn parse_channel(value: &str) -> Result<ChannelConfig, ConfigError> {
     Ok(channel)
 }
 
+/// Parses `--balloon size=SIZE[,deflate_on_oom=on][,free_page_reporting=on][,id=NAME]`.
+pub fn parse_balloon(value: &str) -> Result<super::BalloonConfig, ConfigError> {
+    const FLAG: &str = "--balloon";
+    let mut b = super::BalloonConfig {
+        size: 0,
+        deflate_on_oom: false,
+        free_page_reporting: false,
+        id: None,
+    };
+    for (key, val) in parse_options(
+        FLAG,
+        value,
+        &["size", "deflate_on_oom", "free_page_reporting", "id"],
+    )? {
+        match key {
+            "size" => b.size = parse_size(FLAG, val)?,
+            "deflate_on_oom" => b.deflate_on_oom = parse_on_off(FLAG, key, val)?,
+            "free_page_reporting" => b.free_page_reporting = parse_on_off(FLAG, key, val)?,
+            _ => b.id = Some(val.to_string()),
+        }
+    }
+    Ok(b)
+}
+
 /// Parses `--on-reboot restart|exit`.
 pub fn parse_on_reboot(value: &str) -> Result<RebootPolicy, ConfigError> {
     match value {

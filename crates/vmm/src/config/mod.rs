@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 
 pub use file::{from_document, load_file};
 pub use flags::{
-    parse_channel, parse_cpus, parse_disk, parse_memory, parse_on_off, parse_on_reboot,
-    parse_options, parse_serial, parse_size,
+    parse_balloon, parse_channel, parse_cpus, parse_disk, parse_memory, parse_on_off,
+    parse_on_reboot, parse_options, parse_serial, parse_size,
 };
 pub use validate::MAX_VCPUS;
 
@@ -41,6 +41,9 @@ pub struct VmConfig {
     /// What a guest reset does.
     #[serde(default)]
     pub on_reboot: RebootPolicy,
+    /// The virtio memory balloon, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balloon: Option<BalloonConfig>,
     /// The virtio entropy device, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rng: Option<RngConfig>,
@@ -64,6 +67,24 @@ pub struct PayloadConfig {
     /// The kernel command line.
     #[serde(default)]
     pub cmdline: String,
+}
+
+/// `--balloon`: a virtio-balloon device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BalloonConfig {
+    /// The initial balloon size (memory taken from the guest), in bytes.
+    #[serde(default, deserialize_with = "file::size")]
+    pub size: u64,
+    /// The guest deflates the balloon when it runs out of memory.
+    #[serde(default)]
+    pub deflate_on_oom: bool,
+    /// The guest reports free pages, which go back to the host.
+    #[serde(default)]
+    pub free_page_reporting: bool,
+    /// Name of the device (default `balloon0`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
 }
 
 /// `--rng`: a virtio-rng device fed from the host's getrandom.
@@ -369,6 +390,7 @@ impl VmConfig {
             serial: SerialConfig::default(),
             debug_exit: false,
             on_reboot: RebootPolicy::default(),
+            balloon: None,
             rng: None,
             disks: Vec::new(),
             channels: Vec::new(),

@@ -41,6 +41,20 @@ pub(super) fn check(config: &VmConfig) -> Result<(), ConfigError> {
     if let Some(i) = config.rng.as_ref().and_then(|r| r.id.as_deref()) {
         id("--rng", i)?;
     }
+    if let Some(b) = &config.balloon {
+        if let Some(i) = b.id.as_deref() {
+            id("--balloon", i)?;
+        }
+        if b.size >= config.memory.size {
+            return Err(ConfigError::new(
+                "--balloon",
+                format!(
+                    "size={}: must be below the guest's memory ({})",
+                    b.size, config.memory.size
+                ),
+            ));
+        }
+    }
     let mut names = HashSet::new();
     for c in &config.channels {
         channel(c)?;
@@ -267,6 +281,11 @@ pub(super) fn assign_ids(config: &mut VmConfig) {
             rng.id = Some("rng0".into());
         }
     }
+    if let Some(balloon) = &mut config.balloon {
+        if balloon.id.is_none() {
+            balloon.id = Some("balloon0".into());
+        }
+    }
 }
 
 /// Refuses two devices with one id.
@@ -277,6 +296,7 @@ pub(super) fn check_unique_ids(config: &VmConfig) -> Result<(), ConfigError> {
         .iter()
         .filter_map(|d| d.id.as_deref())
         .chain(config.rng.iter().filter_map(|r| r.id.as_deref()))
+        .chain(config.balloon.iter().filter_map(|b| b.id.as_deref()))
         .chain([super::CONSOLE_DEVICE_ID, super::SERIAL_DEVICE_ID]);
     for i in ids {
         if !seen.insert(i) {
