@@ -297,3 +297,88 @@ fn untouched_guest_ram_costs_the_host_nothing() {
         "a 16 GiB guest that touched little: {guest} KiB resident"
     );
 }
+
+fn vm_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn the_balloon_gives_memory_back_and_returns_it() {
+    use common::rest::*;
+    if !require_kvm() {
+        return;
+    }
+    let dir = TempDir::new("balloon");
+    let socket = dir.join("api.sock");
+    let mut cmd = probe_mem("size=512M", "probe=balloon report=on pool_mib=384");
+    cmd.args([
+        "--balloon",
+        "size=0,deflate_on_oom=on,free_page_reporting=on",
+        "--api-socket",
+    ])
+    .arg(&socket);
+    let mut vm = VmProcess::spawn(cmd);
+    vm.wait_for_line("probe: balloon ready", RUN_TIMEOUT);
+    vm.wait_for_line("probe: balloon reported_mib=", RUN_TIMEOUT);
+    let before = vm_rss_kib(vm.pid());
+
+    let r = call(
+        &socket,
+        "PUT",
+        "vm.resize",
+        Some(&serde_json::json!({"desired_balloon": 256u64 << 20})),
+    );
+    expect(&r, 204);
+    vm.wait_for_line("probe: balloon actual_pages=65536", RUN_TIMEOUT);
+    std::thread::sleep(Duration::from_millis(200));
+    let inflated = vm_rss_kib(vm.pid());
+    assert!(
+        before.saturating_sub(inflated) >= 200 << 10,
+        "inflating by 256 MiB: RSS {before} KiB -> {inflated} KiB"
+    );
+    let counters: serde_json::Value = call(&socket, "GET", "vm.counters", None).json().unwrap();
+    let b = &counters["balloon0"];
+    assert_eq!(b["inflated_pages"], 65536, "{counters}");
+    assert_eq!(b["actual_pages"], 65536);
+    assert!(
+        b["reported_bytes"].as_u64().unwrap() >= 32 << 20,
+        "{counters}"
+    );
+
+    // Deflate: the guest takes its pages back (they read as zero) and uses them.
+    let r = call(
+        &socket,
+        "PUT",
+        "vm.resize",
+        Some(&serde_json::json!({"desired_balloon": 0})),
+    );
+    expect(&r, 204);
+    vm.wait_for_line("probe: balloon actual_pages=0", RUN_TIMEOUT);
+    let counters: serde_json::Value = call(&socket, "GET", "vm.counters", None).json().unwrap();
+    assert_eq!(counters["balloon0"]["deflated_pages"], 65536, "{counters}");
+    // Statistics arrive (the counters call above asked for fresh ones).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let c: serde_json::Value = call(&socket, "GET", "vm.counters", None).json().unwrap();
+        if c["balloon0"]["stat_total_memory"].as_u64().unwrap_or(0) > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no balloon statistics: {c}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // A balloon as large as the guest is refused.
+    let r = call(
+        &socket,
+        "PUT",
+        "vm.resize",
+        Some(&serde_json::json!({"desired_vcpus": 4})),
+    );
+    expect(&r, 400);
+    expect(&call(&socket, "PUT", "vmm.shutdown", None), 204);
+    assert_eq!(vm.wait(RUN_TIMEOUT).code(), 0);
+}
