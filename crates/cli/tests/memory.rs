@@ -371,7 +371,14 @@ fn the_balloon_gives_memory_back_and_returns_it() {
         assert!(Instant::now() < deadline, "no balloon statistics: {c}");
         std::thread::sleep(Duration::from_millis(200));
     }
-    // A balloon as large as the guest is refused.
+    // A balloon as large as the guest is refused, and so is vCPU resize (not built).
+    let r = call(
+        &socket,
+        "PUT",
+        "vm.resize",
+        Some(&serde_json::json!({"desired_balloon": 512u64 << 20})),
+    );
+    expect(&r, 400);
     let r = call(
         &socket,
         "PUT",

@@ -433,6 +433,12 @@ impl Vmm {
             }
             Request::ResizeBalloon(bytes) => {
                 self.check(Action::Resize)?;
+                let memory = self.config.as_ref().map_or(0, |c| c.memory.size);
+                if bytes >= memory {
+                    return Err(RequestError::BadRequest(format!(
+                        "desired_balloon={bytes}: must be below the guest's memory ({memory})"
+                    )));
+                }
                 let instance = self
                     .instance
                     .as_ref()
