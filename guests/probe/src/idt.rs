@@ -197,6 +197,19 @@ pub fn with_gp_skip<R>(f: impl FnOnce() -> R) -> (R, u64) {
     (result, GP_SKIPPED.load(Ordering::SeqCst) - before)
 }
 
+/// Replaces the gate of `vector` with a (DPL 0) interrupt gate to
+/// `handler`, for good. Boot CPU only, while other CPUs (if any) are
+/// parked, with interrupts off.
+pub fn set_gate(vector: u8, handler: u64) {
+    // SAFETY: one gate of the live IDT is replaced with a complete new
+    // value on the boot CPU (see `with_gp_skip`); the caller makes sure
+    // the vector is not raised meanwhile.
+    unsafe {
+        let gates = &mut *IDT.0.get();
+        core::ptr::write_volatile(&mut gates[usize::from(vector)], Gate::interrupt(handler));
+    }
+}
+
 /// Loads the (already built) IDT on this CPU.
 pub fn load() {
     let pointer = DescriptorTablePointer {

@@ -44,6 +44,7 @@ mod serial;
 mod smp;
 mod start_info;
 mod tsc;
+mod user;
 mod virtio_blk;
 mod virtio_hal;
 mod virtio_msix;

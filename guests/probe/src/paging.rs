@@ -153,3 +153,176 @@ fn flush_tlb() {
         core::arch::asm!("mov {tmp}, cr3", "mov cr3, {tmp}", tmp = out(reg) _, options(nostack, preserves_flags));
     }
 }
+
+/// User-accessible (U/S) bit of a paging-structure entry.
+const USER: u64 = 1 << 2;
+/// PAT bit of a 4 KiB entry (bit 7, where larger pages have PS).
+const PAT_4K: u64 = 1 << 7;
+/// PAT bit of a 2 MiB or 1 GiB entry.
+const PAT_LARGE: u64 = 1 << 12;
+/// Attribute bits of a leaf kept when it is split: P, R/W, U/S, PWT, PCD,
+/// A, D, G (PS and PAT are handled apart) and XD.
+const LEAF_ATTRS: u64 = 0x7f | (1 << 8) | (1 << 63);
+const PAGE_4K: u64 = 1 << 12;
+const PAGE_1G: u64 = 1 << 30;
+
+/// Whether the CPU supports 1 GiB pages (CPUID 0x80000001 EDX bit 26).
+pub fn gib_pages_supported() -> bool {
+    __cpuid(0x8000_0000).eax >= 0x8000_0001 && __cpuid(0x8000_0001).edx & (1 << 26) != 0
+}
+
+/// Zeroed 4 KiB page tables for [`map_ram`], handed out from a region of
+/// RAM the caller sets aside (identity mapped, below 4 GiB).
+pub struct TableSource {
+    next: u64,
+    end: u64,
+    used: usize,
+}
+
+impl TableSource {
+    /// Tables from `start..end` (4 KiB aligned).
+    ///
+    /// # Safety
+    /// The range must be identity-mapped RAM that nothing else uses for as
+    /// long as the tables are in use (for the probe: until it exits).
+    pub unsafe fn new(start: u64, end: u64) -> Self {
+        TableSource {
+            next: start,
+            end,
+            used: 0,
+        }
+    }
+
+    /// Tables handed out so far.
+    pub fn used(&self) -> usize {
+        self.used
+    }
+
+    fn take(&mut self) -> Result<*mut u64, Reason> {
+        if self.next + TABLE_SIZE as u64 > self.end {
+            bail!("out of page tables ({} used)", self.used);
+        }
+        let table = self.next as *mut u64;
+        // SAFETY: the page lies in the caller's reserved region (see `new`)
+        // and is handed out once.
+        unsafe { table.cast::<u8>().write_bytes(0, TABLE_SIZE) };
+        self.next += TABLE_SIZE as u64;
+        self.used += 1;
+        Ok(table)
+    }
+}
+
+/// Identity-maps `start..end` (4 KiB aligned) as write-back RAM, writable,
+/// and user accessible with `user`, with the largest pages that fit: 1 GiB
+/// (only with `gib_pages`), 2 MiB, 4 KiB. Existing mappings in the range
+/// are replaced; a larger page that the range covers only in part is split
+/// first into a table of smaller pages with its own address and attributes
+/// (so the rest of it stays as it was), and an existing table is reused.
+/// With `user`, the U/S bit is also set on every table entry above the
+/// range's pages (harmless for what else they map: every level must allow
+/// user access). Boot CPU only, while other CPUs are parked; flushes the
+/// TLB.
+pub fn map_ram(
+    start: u64,
+    end: u64,
+    user: bool,
+    gib_pages: bool,
+    tables: &mut TableSource,
+) -> Result<(), Reason> {
+    if !start.is_multiple_of(PAGE_4K) || !end.is_multiple_of(PAGE_4K) || end > mappable_limit() {
+        bail!("cannot map ram {:#x}..{:#x}", start, end);
+    }
+    let leaf = PRESENT | WRITABLE | if user { USER } else { 0 };
+    let mut addr = start;
+    while addr < end {
+        let fits = |size: u64| addr.is_multiple_of(size) && end - addr >= size;
+        // SAFETY: `boot_pml4` is the live top-level table.
+        let pml4e = unsafe { core::ptr::addr_of_mut!(boot_pml4[((addr >> 39) & 511) as usize]) };
+        let pdpt = child_table(pml4e, user, PAGE_1G, tables)?;
+        // SAFETY (here and below): `child_table` returns 512-entry tables.
+        let pdpte = unsafe { pdpt.add(((addr >> 30) & 511) as usize) };
+        if gib_pages && fits(PAGE_1G) && !is_table(pdpte) {
+            // SAFETY: a live entry; it now maps the same address range.
+            unsafe { pdpte.write_volatile(addr | leaf | HUGE) };
+            addr += PAGE_1G;
+            continue;
+        }
+        let pd = child_table(pdpte, user, PAGE_2M, tables)?;
+        let pde = unsafe { pd.add(((addr >> 21) & 511) as usize) };
+        if fits(PAGE_2M) && !is_table(pde) {
+            // SAFETY: as above.
+            unsafe { pde.write_volatile(addr | leaf | HUGE) };
+            addr += PAGE_2M;
+            continue;
+        }
+        let pt = child_table(pde, user, PAGE_4K, tables)?;
+        // SAFETY: as above.
+        unsafe {
+            pt.add(((addr >> 12) & 511) as usize)
+                .write_volatile(addr | leaf)
+        };
+        addr += PAGE_4K;
+    }
+    flush_tlb();
+    Ok(())
+}
+
+/// Whether the entry at `entry` points to a table (present, not a leaf).
+fn is_table(entry: *mut u64) -> bool {
+    // SAFETY: callers pass entries of live tables.
+    let value = unsafe { entry.read_volatile() };
+    value & PRESENT != 0 && value & HUGE == 0
+}
+
+/// The table that `entry` points to, for [`map_ram`]: a new empty one if
+/// the entry is not present; if it is a leaf (pages of `child_size` * 512),
+/// a new table of 512 `child_size` pages with the leaf's address and
+/// attributes. With `user`, the entry gets the U/S bit.
+fn child_table(
+    entry: *mut u64,
+    user: bool,
+    child_size: u64,
+    tables: &mut TableSource,
+) -> Result<*mut u64, Reason> {
+    // SAFETY: callers pass entries of live tables.
+    let value = unsafe { entry.read_volatile() };
+    let user_bit = if user { USER } else { 0 };
+    if value & PRESENT != 0 && value & HUGE == 0 {
+        if user && value & USER == 0 {
+            // SAFETY: only adds U/S to a live entry (see `map_ram`).
+            unsafe { entry.write_volatile(value | USER) };
+        }
+        return Ok((value & ADDR_MASK) as *mut u64);
+    }
+    let table = tables.take()?;
+    if value & PRESENT != 0 {
+        // Split a leaf: same frames, same attributes.
+        let base = value & ADDR_MASK & !(child_size * 512 - 1);
+        let pat = value & PAT_LARGE != 0;
+        let mut attrs = value & LEAF_ATTRS;
+        if child_size == PAGE_4K {
+            attrs |= if pat { PAT_4K } else { 0 };
+        } else {
+            attrs |= HUGE | if pat { PAT_LARGE } else { 0 };
+        }
+        for i in 0..512 {
+            // SAFETY: `table` is a fresh 512-entry table, not yet linked.
+            unsafe {
+                table
+                    .add(i)
+                    .write_volatile((base + i as u64 * child_size) | attrs)
+            };
+        }
+    }
+    // A table entry: present, writable; U/S if the old leaf had it or if
+    // asked (the leaves decide).
+    let old_user = if value & PRESENT != 0 {
+        value & USER
+    } else {
+        0
+    };
+    let flags = TABLE_FLAGS | old_user | user_bit;
+    // SAFETY: the table is complete before the entry points to it.
+    unsafe { entry.write_volatile(table as u64 | flags) };
+    Ok(table)
+}

@@ -18,6 +18,17 @@ extern "C" {
 
 /// End of the last region handed out (0: none yet).
 static NEXT: AtomicU64 = AtomicU64::new(0);
+/// Start of the first region handed out (0: none yet).
+static FIRST: AtomicU64 = AtomicU64::new(0);
+
+/// The span from the start of the first region handed out to the end of
+/// the last (`start..end`), or `None` if none was.
+pub fn handed_out() -> Option<(u64, u64)> {
+    match (FIRST.load(Ordering::Relaxed), NEXT.load(Ordering::Relaxed)) {
+        (_, 0) => None,
+        (first, next) => Some((first, next)),
+    }
+}
 
 /// `len` bytes (rounded up to 4 KiB) of RAM at the first 2 MiB-aligned
 /// address above the kernel image and above every region handed out
@@ -36,6 +47,9 @@ pub fn scratch(info: &StartInfo, len: usize) -> Result<&'static mut [u8], Reason
     }) else {
         bail!("no {} bytes of ram above {:#x} below 4 GiB", len, floor);
     };
+    if NEXT.load(Ordering::Relaxed) == 0 {
+        FIRST.store(start, Ordering::Relaxed);
+    }
     NEXT.store(start + len, Ordering::Relaxed);
     // SAFETY: the range is RAM per the memory map, above everything the
     // kernel image holds (code, data, stacks, heap, page tables, DMA pool)

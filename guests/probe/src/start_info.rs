@@ -39,6 +39,9 @@ pub struct StartInfo {
     memmap_len: usize,
     cmdline: [u8; MAX_CMDLINE],
     cmdline_len: usize,
+    /// Where the loader put the start info, its memory map and the command
+    /// line (`(addr, bytes)`, bytes 0 when absent); see [`Self::loader_ranges`].
+    loader: [(u64, u64); 3],
 }
 
 impl StartInfo {
@@ -64,6 +67,7 @@ impl StartInfo {
             memmap_len: 0,
             cmdline: [0; MAX_CMDLINE],
             cmdline_len: 0,
+            loader: [(u64::from(paddr), START_INFO_SIZE), (0, 0), (0, 0)],
         };
 
         let cmdline_paddr = field64(24);
@@ -78,6 +82,8 @@ impl StartInfo {
                 }
                 info.cmdline_len = i + 1;
             }
+            // The bytes read, and the NUL after them.
+            info.loader[2] = (cmdline_paddr, (info.cmdline_len as u64 + 1).min(len));
         }
 
         if info.version >= 1 {
@@ -96,6 +102,7 @@ impl StartInfo {
                     };
                 }
                 info.memmap_len = count;
+                info.loader[1] = (memmap.addr(), len);
             }
         }
         Ok(info)
@@ -109,6 +116,13 @@ impl StartInfo {
             // `valid_up_to` marks the longest valid prefix.
             Err(e) => core::str::from_utf8(&bytes[..e.valid_up_to()]).unwrap_or(""),
         }
+    }
+
+    /// The loader's structures the probe read at boot (start info, memory
+    /// map, command line) as `(addr, bytes)`; `bytes` is 0 for an absent
+    /// one. They were copied, but `probe=mem` leaves them alone anyway.
+    pub fn loader_ranges(&self) -> [(u64, u64); 3] {
+        self.loader
     }
 
     /// The memory map entries that were copied (see [`MAX_MEMMAP`]).

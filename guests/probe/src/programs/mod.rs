@@ -4,6 +4,7 @@
 //! list it in [`PROGRAMS`].
 
 mod acpi;
+mod balloon;
 mod blk;
 mod blkbench;
 mod boot;
@@ -11,6 +12,7 @@ mod channel;
 mod cpuid;
 mod echo;
 mod fault;
+mod mem;
 mod pci;
 mod poweroff;
 mod reboot;
@@ -75,12 +77,20 @@ const PROGRAMS: &[Program] = &[
         run: blkbench::run,
     },
     Program {
+        name: "balloon",
+        run: balloon::run,
+    },
+    Program {
         name: "ticks",
         run: ticks::run,
     },
     Program {
         name: "cpuid",
         run: cpuid::run,
+    },
+    Program {
+        name: "mem",
+        run: mem::run,
     },
 ];
 
