@@ -7,7 +7,9 @@ host is measured while it holds.
 
   overhead  guests of 128 MiB, 1 GiB and 8 GiB that touch 64 MiB
             (one word per 4 KiB page): the VMM process's peak RSS (VmHWM)
-            minus the 64 MiB the guest touched = what the VMM itself costs.
+            minus the resident guest RAM (the Rss of its guest RAM mappings,
+            what the guest touched as the host backs it) = what the VMM
+            itself costs.
   ksm       8 identical 256 MiB guests filling 192 MiB each with the same
             constant, with KSM running (run=1, pages_to_scan=20000,
             sleep_millisecs=10; restored afterwards); Ferrovisor
@@ -93,13 +95,27 @@ class Guest:
         self.proc.wait()
 
 
+def guest_ram_rss_kib(pid, size_mib):
+    """RSS of the mappings that hold guest RAM: those at least as large as
+    the guest's RAM below the PCI hole (QEMU maps one block, Ferrovisor one
+    per RAM range)."""
+    threshold = min(size_mib, 3072) * 1024
+    rss, size, total = 0, 0, 0
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            if line.startswith("Size:"):
+                size = int(line.split()[1])
+            elif line.startswith("Rss:") and size >= threshold:
+                total += int(line.split()[1])
+    return total
+
+
 def overhead(vmm, args, size_mib):
-    touched = 64
-    g = Guest(command(vmm, args, size_mib, f"probe=mem mem_mib={touched} touch=page hold=on", False))
+    g = Guest(command(vmm, args, size_mib, "probe=mem mem_mib=64 touch=page hold=on", False))
     try:
         g.wait_holding(args.timeout)
         time.sleep(0.2)
-        return g.status_kib("VmHWM") / 1024 - touched
+        return (g.status_kib("VmHWM") - guest_ram_rss_kib(g.proc.pid, size_mib)) / 1024
     finally:
         g.stop()
 
@@ -115,14 +131,19 @@ def ksm(vmm, args, mergeable):
     try:
         for g in guests:
             g.wait_holding(args.timeout)
-        deadline = time.monotonic() + 60
+        # KSM merges on its second pass over a page: wait for three full
+        # scans after every guest filled its memory, then for PSS to settle.
+        scans = int(read(KSM + "full_scans"))
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and int(read(KSM + "full_scans")) < scans + 3:
+            time.sleep(0.5)
         last = -1
         while time.monotonic() < deadline:
-            time.sleep(2)
             total = sum(g.pss_kib() for g in guests)
             if last >= 0 and abs(total - last) < 1024:
                 break
             last = total
+            time.sleep(2)
         return sum(g.pss_kib() for g in guests) / 1024
     finally:
         for g in guests:

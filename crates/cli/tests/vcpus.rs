@@ -127,7 +127,7 @@ fn x2apic_mode_on_request_with_few_vcpus() {
 fn overridden(out: &Exited) -> Vec<String> {
     out.log
         .lines()
-        .find(|l| l.contains("overrides CPUID bits"))
+        .find(|l| l.contains("overrides CPUID bits the CPU model fixes"))
         .and_then(|l| Some(l[l.find('(')? + 1..l.find(')')?].to_string()))
         .map(|list| {
             list.split_whitespace()

@@ -63,8 +63,8 @@ pub fn overridden_features(
 }
 
 /// Reads back what KVM holds for `vcpu` after `set`, and warns once when it
-/// is not what the configuration fixes.
-pub(crate) fn warn_if_overridden(vcpu: &Vcpu, set: &CpuId) {
+/// is not what a named model fixes (for `model=host`, an info line).
+pub(crate) fn warn_if_overridden(vcpu: &Vcpu, set: &CpuId, named_model: bool) {
     let Ok(held) = vcpu.cpuid() else {
         return;
     };
@@ -76,10 +76,17 @@ pub(crate) fn warn_if_overridden(vcpu: &Vcpu, set: &CpuId) {
         .iter()
         .map(|(name, on)| format!("{}{name}", if *on { '+' } else { '-' }))
         .collect();
-    tracing::warn!(
-        "KVM on this host overrides CPUID bits the CPU model fixes ({}); the guest sees those as the host has them",
-        list.join(" ")
-    );
+    if named_model {
+        tracing::warn!(
+            "KVM on this host overrides CPUID bits the CPU model fixes ({}); the guest sees those as the host has them",
+            list.join(" ")
+        );
+    } else {
+        tracing::info!(
+            "KVM on this host overrides CPUID bits of the host model ({})",
+            list.join(" ")
+        );
+    }
 }
 
 /// `--cpu-models`: one line per model, with whether this host can run it.

@@ -153,7 +153,8 @@ impl Instance {
                 (index == 0).then_some(entry),
             )?;
             if index == 0 && ctx.generation <= 1 {
-                crate::cpu_model::warn_if_overridden(&vcpu, cpuid);
+                let named = config.cpus.model != "host";
+                crate::cpu_model::warn_if_overridden(&vcpu, cpuid, named);
             }
             vcpus.push(vcpu);
         }
