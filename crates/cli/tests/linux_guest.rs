@@ -239,3 +239,54 @@ fn linux_guest_through_the_api_pauses_with_its_clock_and_shuts_down() {
     expect(&call(&socket, "PUT", "vmm.shutdown", None), 204);
     assert_eq!(vm.wait(Duration::from_secs(30)).code(), 0);
 }
+
+#[test]
+fn linux_guest_sees_the_topology_and_the_cpu_model() {
+    let Some((kernel, initramfs)) = linux_guest() else {
+        return;
+    };
+    // /proc/cpuinfo of the first CPU of each core and the flags of CPU 0.
+    let script =
+        "grep -E '^(physical id|core id|siblings|cpu cores)' /proc/cpuinfo | sort | uniq -c; \
+                  grep -m1 '^flags' /proc/cpuinfo; grep -m1 '^model name' /proc/cpuinfo; \
+                  grep -c ^processor /proc/cpuinfo";
+    let cmd = kit_command(
+        &kernel,
+        &initramfs,
+        script,
+        &[
+            "--cpus",
+            "boot=8,topology=2:2:2,model=x86-64-v2",
+            "--memory",
+            "size=512M",
+        ],
+    );
+    let mut vm = VmProcess::spawn(cmd);
+    vm.wait_for_line("kit: init ok", Duration::from_secs(120));
+    vm.wait_for_line("kit: exit=0", Duration::from_secs(60));
+    vm.signal(libc::SIGTERM);
+    let out = vm.wait(Duration::from_secs(10));
+    let text = out.serial.join("\n");
+    assert!(
+        text.contains("siblings\t: 4"),
+        "2 cores x 2 threads per socket: {text}"
+    );
+    assert!(text.contains("cpu cores\t: 2"), "{text}");
+    assert!(text.contains("physical id\t: 1"), "two sockets: {text}");
+    assert!(
+        out.serial.iter().any(|l| l.trim() == "8"),
+        "8 CPUs online: {text}"
+    );
+    let flags = out
+        .serial
+        .iter()
+        .find(|l| l.starts_with("flags"))
+        .expect("a flags line");
+    for on in [" sse4_2", " popcnt", " cx16", " x2apic", " hypervisor"] {
+        assert!(flags.contains(on), "{on} in x86-64-v2: {flags}");
+    }
+    for off in [" avx ", " avx2", " avx512f", " sha_ni"] {
+        assert!(!flags.contains(off), "{off} not in x86-64-v2: {flags}");
+    }
+    assert!(text.contains("Ferrovisor x86-64-v2 CPU"), "{text}");
+}
