@@ -128,6 +128,8 @@ pub struct Response {
     pub body: Vec<u8>,
     /// Close the connection after sending this response.
     pub close: bool,
+    /// The `Allow` header (methods a 405's resource takes).
+    pub allow: Option<String>,
 }
 
 /// The `Content-Type` of JSON bodies.
@@ -143,6 +145,7 @@ impl Response {
                 content_type: Some(JSON),
                 body,
                 close: false,
+                allow: None,
             },
             Err(e) => Response::error(500, format!("failed to serialize the response: {e}")),
         }
@@ -155,6 +158,7 @@ impl Response {
             content_type: None,
             body: Vec::new(),
             close: false,
+            allow: None,
         }
     }
 
@@ -173,6 +177,7 @@ impl Response {
             // Serializing a struct holding a String cannot fail.
             body: serde_json::to_vec(&body).unwrap_or_default(),
             close: false,
+            allow: None,
         }
     }
 }
@@ -551,6 +556,11 @@ pub(crate) fn write_response_inner<W: Write>(
     }
     if !bodyless {
         out.push_str(&format!("Content-Length: {}\r\n", response.body.len()));
+    }
+    if let Some(allow) = &response.allow {
+        // Header values never carry line breaks.
+        let allow: String = allow.chars().filter(|c| !c.is_control()).collect();
+        out.push_str(&format!("Allow: {allow}\r\n"));
     }
     if keep_alive && !response.close {
         out.push_str("Connection: keep-alive\r\n");

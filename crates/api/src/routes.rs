@@ -192,7 +192,7 @@ impl Handler for Router {
         }
         let Some(route) = matching.iter().find(|r| r.method == request.method) else {
             let allowed: Vec<&str> = matching.iter().map(|r| r.method).collect();
-            return Response::error(
+            let mut response = Response::error(
                 405,
                 format!(
                     "{name} takes {}, not {}",
@@ -200,6 +200,8 @@ impl Handler for Router {
                     request.method
                 ),
             );
+            response.allow = Some(allowed.join(", "));
+            return response;
         };
         if !request.body.is_empty() && !json_content_type(request) {
             return Response::error(415, "bodies must be application/json");

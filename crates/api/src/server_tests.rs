@@ -46,6 +46,7 @@ pub(crate) fn echo() -> Arc<dyn Handler> {
             content_type: Some("text/plain"),
             body,
             close: false,
+            allow: None,
         }
     })
 }

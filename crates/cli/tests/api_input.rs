@@ -186,6 +186,16 @@ fn bad_requests_get_4xx_naming_the_problem_and_the_vm_runs_on() {
         let text = String::from_utf8_lossy(&answer);
         assert!(text.starts_with(&format!("HTTP/1.1 {status}")), "{raw:.60?} → {text:.200}");
     }
+    // A 405 names the allowed method in an Allow header.
+    let mut s405 = connect_unix(&socket, Duration::from_secs(5));
+    s405.write_all(b"DELETE /api/v1/vm.info HTTP/1.1\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    let _ = s405.read_to_string(&mut answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 405") && answer.contains("\r\nAllow: GET\r\n"),
+        "{answer}"
+    );
     // A half-open request does not block anyone else.
     let mut half = connect_unix(&socket, Duration::from_secs(5));
     half.write_all(b"PUT /api/v1/vm.create HTTP/1.1\r\nContent-Length: 100\r\n\r\n{\"pay")
