@@ -52,7 +52,31 @@ pub fn from_document(mut value: serde_json::Value) -> Result<VmConfig, ConfigErr
         let inner = e.into_inner();
         ConfigError::new("config", format!("{path}: {inner}"))
     })?;
-    config.validate()
+    config.validate().map_err(|e| {
+        let name = json_name(e.flag);
+        let message = if e.message.starts_with('[') {
+            format!("{name}{}", e.message)
+        } else {
+            format!("{name}: {}", e.message)
+        };
+        ConfigError::new("config", message)
+    })
+}
+
+/// The config document's name for what a flag sets.
+fn json_name(flag: &str) -> &str {
+    match flag {
+        "--kernel" => "payload.kernel",
+        "--cmdline" => "payload.cmdline",
+        "--cpus" => "cpus",
+        "--memory" => "memory",
+        "--serial" => "serial",
+        "--disk" => "disks",
+        "--channel" => "channels",
+        "--rng" => "rng",
+        "--balloon" => "balloon",
+        other => other,
+    }
 }
 
 fn one_line(text: &str) -> String {
@@ -107,7 +131,17 @@ mod tests {
         assert!(e.message.contains("unknown field `turbo`"), "{e}");
         let e = from_document(json!({"payload": {"kernel": "/k"}, "cpus": {"boot_vcpus": 0}}))
             .unwrap_err();
-        assert_eq!(e.flag, "--cpus");
+        assert_eq!(
+            e.to_string(),
+            "config: cpus: boot=0: a VM needs at least one vCPU"
+        );
+        let e = from_document(json!({"payload": {"kernel": "/k"}, "disks": [{"path": "/a"}, {"path": "/b", "queue_size": 3}]}))
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("config: disks[1]: queue_size=3"),
+            "{e}"
+        );
         let e = from_document(json!({"payload": {"kernel": "/k"}, "memory": {"size": "12Q"}}))
             .unwrap_err();
         assert!(e.message.contains("memory.size"), "{e}");

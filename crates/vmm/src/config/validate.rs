@@ -35,8 +35,8 @@ pub(super) fn check(config: &VmConfig) -> Result<(), ConfigError> {
             "at most 31 disks and 31 channels (one PCI bus)",
         ));
     }
-    for d in &config.disks {
-        disk(d)?;
+    for (i, d) in config.disks.iter().enumerate() {
+        disk(d).map_err(|e| ConfigError::new(e.flag, format!("[{i}]: {}", e.message)))?;
     }
     if let Some(i) = config.rng.as_ref().and_then(|r| r.id.as_deref()) {
         id("--rng", i)?;
@@ -56,8 +56,8 @@ pub(super) fn check(config: &VmConfig) -> Result<(), ConfigError> {
         }
     }
     let mut names = HashSet::new();
-    for c in &config.channels {
-        channel(c)?;
+    for (i, c) in config.channels.iter().enumerate() {
+        channel(c).map_err(|e| ConfigError::new(e.flag, format!("[{i}]: {}", e.message)))?;
         if !names.insert(c.name.as_str()) {
             return Err(ConfigError::new(
                 "--channel",
