@@ -138,8 +138,7 @@ mod tests {
         let e = from_document(json!({"payload": {"kernel": "/k"}, "disks": [{"path": "/a"}, {"path": "/b", "queue_size": 3}]}))
             .unwrap_err();
         assert!(
-            e.to_string()
-                .starts_with("config: disks[1]: queue_size=3"),
+            e.to_string().starts_with("config: disks[1]: queue_size=3"),
             "{e}"
         );
         let e = from_document(json!({"payload": {"kernel": "/k"}, "memory": {"size": "12Q"}}))
