@@ -207,65 +207,58 @@ def time_queries(call, n):
     return times
 
 
-def run_ferrovisor(args, tmp):
-    sock = os.path.join(tmp, "api.sock")
+def measure(args, api_cmd, connect_api, cli_cmd):
+    """One run of one VMM: boot through its API (`connect_api(sock)` gives
+    the client's boot and status-query calls), time the queries, then boot
+    from the command line."""
     r = {}
-    # Boot through the API, then query.
-    proc = spawn(ferrovisor_cmd(args, sock, vm=False))
+    proc = spawn(api_cmd)
     try:
         console = Console(proc)
-        http = Http(sock)
-        config = {"payload": {"kernel": args.probe, "cmdline": "probe=echo"},
-                  "memory": {"size": "128M"}, "serial": {"mode": "tty"}}
+        boot, query = connect_api()
         t0 = time.perf_counter_ns()
-        http.call("PUT", "vm.create", config)
-        http.call("PUT", "vm.boot")
+        boot()
         hello = console.wait_for(HELLO, args.timeout)
         if hello is None or console.wait_for(READY, args.timeout) is None:
             raise RuntimeError("the probe did not boot through the API")
         r["api_boot_ms"] = (hello - t0) / 1e6
-        times = time_queries(lambda: http.call("GET", "vm.info"), args.queries)
+        times = time_queries(query, args.queries)
         r["info_us_median"] = statistics.median(times)
         r["info_us_p99"] = percentile(times, 99)
     finally:
         stop(proc)
-    # Boot from the command line.
     t0 = time.perf_counter_ns()
-    proc = spawn(ferrovisor_cmd(args))
+    proc = spawn(cli_cmd)
     try:
         hello = Console(proc).wait_for(HELLO, args.timeout)
         r["cli_boot_ms"] = None if hello is None else (hello - t0) / 1e6
     finally:
         stop(proc)
     return r
+
+
+def run_ferrovisor(args, tmp):
+    sock = os.path.join(tmp, "api.sock")
+    config = {"payload": {"kernel": args.probe, "cmdline": "probe=echo"},
+              "memory": {"size": "128M"}, "serial": {"mode": "tty"}}
+
+    def connect():
+        http = Http(sock)
+
+        def boot():
+            http.call("PUT", "vm.create", config)
+            http.call("PUT", "vm.boot")
+        return boot, lambda: http.call("GET", "vm.info")
+    return measure(args, ferrovisor_cmd(args, sock, vm=False), connect, ferrovisor_cmd(args))
 
 
 def run_qemu(args, tmp):
     sock = os.path.join(tmp, "qmp.sock")
-    r = {}
-    proc = spawn(qemu_cmd(args, sock, stopped=True))
-    try:
-        console = Console(proc)
+
+    def connect():
         qmp = Qmp(sock)
-        t0 = time.perf_counter_ns()
-        qmp.call("cont")
-        hello = console.wait_for(HELLO, args.timeout)
-        if hello is None or console.wait_for(READY, args.timeout) is None:
-            raise RuntimeError("the probe did not boot under QEMU")
-        r["api_boot_ms"] = (hello - t0) / 1e6
-        times = time_queries(lambda: qmp.call("query-status"), args.queries)
-        r["info_us_median"] = statistics.median(times)
-        r["info_us_p99"] = percentile(times, 99)
-    finally:
-        stop(proc)
-    t0 = time.perf_counter_ns()
-    proc = spawn(qemu_cmd(args))
-    try:
-        hello = Console(proc).wait_for(HELLO, args.timeout)
-        r["cli_boot_ms"] = None if hello is None else (hello - t0) / 1e6
-    finally:
-        stop(proc)
-    return r
+        return lambda: qmp.call("cont"), lambda: qmp.call("query-status")
+    return measure(args, qemu_cmd(args, sock, stopped=True), connect, qemu_cmd(args))
 
 
 FIGURES = ["info_us_median", "info_us_p99", "api_boot_ms", "cli_boot_ms"]

@@ -54,6 +54,8 @@ impl std::fmt::Display for KvmKind {
 /// An open `/dev/kvm`.
 pub struct Hypervisor {
     kvm: Kvm,
+    /// KVM's supported CPUID, asked once (it does not change).
+    supported: std::sync::OnceLock<CpuId>,
 }
 
 impl Hypervisor {
@@ -75,7 +77,10 @@ impl Hypervisor {
                 });
             }
         }
-        Ok(Hypervisor { kvm })
+        Ok(Hypervisor {
+            kvm,
+            supported: std::sync::OnceLock::new(),
+        })
     }
 
     /// The largest number of vCPUs one VM may have (`KVM_CAP_MAX_VCPUS`).
@@ -91,9 +96,14 @@ impl Hypervisor {
 
     /// The CPUID entries KVM can present to a guest on this host.
     pub fn supported_cpuid(&self) -> Result<CpuId> {
-        self.kvm
+        if let Some(c) = self.supported.get() {
+            return Ok(c.clone());
+        }
+        let c = self
+            .kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-            .map_err(Error::wrap("KVM_GET_SUPPORTED_CPUID"))
+            .map_err(Error::wrap("KVM_GET_SUPPORTED_CPUID"))?;
+        Ok(self.supported.get_or_init(|| c).clone())
     }
 
     /// Creates an empty VM.

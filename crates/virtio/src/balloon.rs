@@ -36,22 +36,9 @@ pub mod feature {
     pub const PAGE_REPORTING: u64 = 1 << 5;
 }
 
-/// Statistics tags (virtio 1.2 §5.5.6.3).
-const STAT_NAMES: &[(u16, &str)] = &[
-    (0, "stat_swap_in"),
-    (1, "stat_swap_out"),
-    (2, "stat_major_faults"),
-    (3, "stat_minor_faults"),
-    (4, "stat_free_memory"),
-    (5, "stat_total_memory"),
-    (6, "stat_available_memory"),
-    (7, "stat_disk_caches"),
-    (8, "stat_hugetlb_allocations"),
-    (9, "stat_hugetlb_failures"),
-];
-
 /// The counters of the balloon (`vm.counters`), in [`Counters`] index order:
-/// what it did, then the guest's latest statistics.
+/// what it did, then the guest's latest statistics in tag order (virtio
+/// 1.2 §5.5.6.3: tag 0 swap in ... tag 9 hugetlb failures).
 pub const COUNTER_NAMES: &[&str] = &[
     "target_pages",
     "actual_pages",
@@ -79,6 +66,8 @@ const REPORTED: usize = 4;
 const DISCARDED: usize = 5;
 const BAD: usize = 6;
 const FIRST_STAT: usize = 7;
+/// Statistics tags the device records (0..STAT_TAGS).
+const STAT_TAGS: usize = COUNTER_NAMES.len() - FIRST_STAT;
 
 /// What the balloon offers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,15 +125,12 @@ impl BalloonHandle {
 }
 
 impl Shared {
+    /// Mirrors the target and actual sizes into the counters.
     fn counters_sync(&self) {
-        let snapshot = self.counters.snapshot();
-        let set = |i: usize, v: u32| {
-            let old = snapshot.get(i).map_or(0, |(_, v)| *v);
-            // Counters only add: move by the difference (both are u32 values).
-            self.counters.add(i, u64::from(v).wrapping_sub(old));
-        };
-        set(TARGET, self.target.load(Ordering::SeqCst));
-        set(ACTUAL, self.actual.load(Ordering::SeqCst));
+        let target = self.target.load(Ordering::SeqCst);
+        let actual = self.actual.load(Ordering::SeqCst);
+        self.counters.set(TARGET, u64::from(target));
+        self.counters.set(ACTUAL, u64::from(actual));
     }
 }
 
@@ -220,15 +206,7 @@ impl VirtioDevice for Balloon {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let cs = self.config_space();
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = offset
-                .checked_add(i as u64)
-                .and_then(|o| usize::try_from(o).ok())
-                .and_then(|o| cs.get(o))
-                .copied()
-                .unwrap_or(0);
-        }
+        crate::device::read_config_bytes(&self.config_space(), offset, data);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
@@ -455,15 +433,10 @@ impl Handler {
             }
             let tag = u16::from_le_bytes([entry[0], entry[1]]);
             let value = u64::from_le_bytes(entry[2..10].try_into().unwrap_or([0; 8]));
-            if let Some(pos) = STAT_NAMES.iter().position(|(t, _)| *t == tag) {
-                let index = FIRST_STAT + pos;
-                let old = self
-                    .shared
+            if usize::from(tag) < STAT_TAGS {
+                self.shared
                     .counters
-                    .snapshot()
-                    .get(index)
-                    .map_or(0, |(_, v)| *v);
-                self.shared.counters.add(index, value.wrapping_sub(old));
+                    .set(FIRST_STAT + usize::from(tag), value);
             }
         }
     }

@@ -117,6 +117,19 @@ impl<D: VirtioDevice> VirtioDevice for SharedDevice<D> {
     }
 }
 
+/// Copies the bytes of configuration space `space` at `offset` into `data`;
+/// bytes past its end (or an offset that overflows) read as zero.
+pub(crate) fn read_config_bytes(space: &[u8], offset: u64, data: &mut [u8]) {
+    for (i, b) in data.iter_mut().enumerate() {
+        *b = offset
+            .checked_add(i as u64)
+            .and_then(|o| usize::try_from(o).ok())
+            .and_then(|o| space.get(o))
+            .copied()
+            .unwrap_or(0);
+    }
+}
+
 /// What a queue worker does after a pass over its queue: interrupt the guest
 /// if it completed buffers and the ring asks for it, or, when the guest broke
 /// the ring, mark the queue `broken` and report NEEDS_RESET (once; the log
@@ -142,5 +155,21 @@ pub(crate) fn after_pass(
             *broken = true;
             interrupt.needs_reset();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::read_config_bytes;
+
+    #[test]
+    fn config_reads_past_the_end_or_overflowing_read_zero() {
+        let space = [1u8, 2, 3, 4];
+        let mut data = [0xffu8; 4];
+        read_config_bytes(&space, 2, &mut data);
+        assert_eq!(data, [3, 4, 0, 0]);
+        let mut data = [0xffu8; 2];
+        read_config_bytes(&space, u64::MAX, &mut data);
+        assert_eq!(data, [0, 0]);
     }
 }

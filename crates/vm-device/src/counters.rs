@@ -1,5 +1,6 @@
-//! Named event counters a device bumps from any thread and the control
-//! plane reads (`vm.counters`): relaxed atomics, no locks on the I/O path.
+//! Named counters (and gauges) a device updates from any thread and the
+//! control plane reads (`vm.counters`): relaxed atomics, no locks on the
+//! I/O path.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -26,6 +27,14 @@ impl Counters {
         }
     }
 
+    /// Sets counter `index` to `value` (for gauges: a size, the latest
+    /// statistic a guest reported).
+    pub fn set(&self, index: usize, value: u64) {
+        if let Some(v) = self.values.get(index) {
+            v.store(value, Ordering::Relaxed);
+        }
+    }
+
     /// Every counter with its name, in the order of the names.
     pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
         self.names
@@ -47,5 +56,8 @@ mod tests {
         c.add(1, 2);
         c.add(7, 1);
         assert_eq!(c.snapshot(), vec![("a", 0), ("b", 7)]);
+        c.set(0, 42);
+        c.set(9, 1);
+        assert_eq!(c.snapshot(), vec![("a", 42), ("b", 7)]);
     }
 }

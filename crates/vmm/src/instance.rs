@@ -157,11 +157,13 @@ impl Instance {
                 crate::cpu_model::warn_if_overridden(&vcpu, cpuid, named);
             }
             vcpus.push(vcpu);
+            self.vcpu_counters
+                .push(Arc::new(Counters::new(vcpu::COUNTER_NAMES)));
         }
         // Application processors first, the boot vCPU last.
         for (index, vcpu) in vcpus.into_iter().enumerate().rev() {
             let kicker = vcpu.kicker();
-            let counters = Arc::new(Counters::new(vcpu::COUNTER_NAMES));
+            let counters = self.vcpu_counters[index].clone();
             let runner = VcpuRunner {
                 vcpu,
                 pio: self.buses.pio.clone(),
@@ -170,17 +172,14 @@ impl Instance {
                 generation: ctx.generation,
                 stop: self.stop.clone(),
                 gate: self.gate.clone(),
-                counters: counters.clone(),
+                counters,
             };
             let handle = std::thread::Builder::new()
                 .name(format!("vcpu{index}"))
                 .spawn(move || runner.run())
                 .map_err(Error::io("starting a vCPU thread"))?;
             self.threads.push((kicker, handle));
-            self.vcpu_counters.push(counters);
         }
-        // Counters by vCPU index.
-        self.vcpu_counters.reverse();
         Ok(())
     }
 

@@ -4,7 +4,7 @@
 //! guest's CPUID instruction returns; the probe tests check that side too
 //! where the host's KVM enforces it.
 
-use arch::cpuid::{self, Reg};
+use arch::cpuid::{self, reg};
 use hypervisor::kvm_bindings::kvm_cpuid_entry2;
 use hypervisor::Hypervisor;
 use vmm::config::CpusConfig;
@@ -14,15 +14,6 @@ fn get(entries: &[kvm_cpuid_entry2], leaf: u32, subleaf: u32) -> Option<kvm_cpui
         .iter()
         .find(|e| e.function == leaf && e.index == subleaf)
         .copied()
-}
-
-fn reg(e: &kvm_cpuid_entry2, r: Reg) -> u32 {
-    match r {
-        Reg::Eax => e.eax,
-        Reg::Ebx => e.ebx,
-        Reg::Ecx => e.ecx,
-        Reg::Edx => e.edx,
-    }
 }
 
 /// The CPUID the VMM sets for a vCPU given `cpus`, and what KVM reports back.

@@ -45,9 +45,11 @@ mod smp;
 mod start_info;
 mod tsc;
 mod user;
+mod virtio_balloon;
 mod virtio_blk;
 mod virtio_hal;
 mod virtio_msix;
+mod virtio_pci;
 
 use core::panic::PanicInfo;
 

@@ -248,6 +248,7 @@ pub fn map_ram(
             continue;
         }
         let pd = child_table(pdpte, user, PAGE_2M, tables)?;
+        // SAFETY: `child_table` returns a 512-entry table; the index is masked to 511.
         let pde = unsafe { pd.add(((addr >> 21) & 511) as usize) };
         if fits(PAGE_2M) && !is_table(pde) {
             // SAFETY: as above.

@@ -12,15 +12,16 @@
 
 use crate::apic::{LocalApic, TIMER_DIVIDE_16};
 use crate::exit::Reason;
-use crate::idt::{self, DEVICE_VECTOR_BASE, SPURIOUS_VECTOR, TIMER_VECTOR};
+use crate::idt::{self, DEVICE_VECTOR_BASE, TIMER_VECTOR};
 use crate::msix::Msix;
-use crate::pci::{self, Bdf, ConfigAccess};
+use crate::pci::Bdf;
 use crate::start_info::StartInfo;
 use crate::tsc::Deadline;
 use crate::virtio_blk::dma_page;
 use crate::virtio_hal::ProbeHal;
 use crate::virtio_msix::{CommonCfg, QueueNotify};
-use crate::{bail, fail_reason, paging, pci_alloc, pci_host, pic};
+use crate::virtio_pci;
+use crate::{bail, fail_reason};
 use alloc::vec::Vec;
 use core::sync::atomic::{compiler_fence, fence, Ordering};
 use virtio_drivers::transport::pci::bus::{DeviceFunction, PciRoot};
@@ -28,7 +29,6 @@ use virtio_drivers::transport::pci::PciTransport;
 use virtio_drivers::transport::{DeviceStatus, Transport};
 use x86_64::instructions::interrupts;
 
-const VIRTIO_VENDOR: u16 = 0x1af4;
 /// Modern (virtio 1.x, 0x1040 + 5) and transitional balloon device IDs.
 const BALLOON_MODERN: u16 = 0x1045;
 const BALLOON_TRANSITIONAL: u16 = 0x1002;
@@ -211,46 +211,24 @@ pub struct Balloon {
     transport: PciTransport,
 }
 
-/// The first virtio balloon function on bus 0 and its device ID.
-fn find(access: &ConfigAccess) -> Option<(Bdf, u16)> {
-    access.functions_on_bus0().into_iter().find_map(|bdf| {
-        let ids = access.read32(bdf, pci::REG_VENDOR);
-        let (vendor, device) = (ids as u16, (ids >> 16) as u16);
-        (vendor == VIRTIO_VENDOR && (device == BALLOON_MODERN || device == BALLOON_TRANSITIONAL))
-            .then_some((bdf, device))
-    })
-}
-
 impl Balloon {
     /// Finds and initialises the device: features, queues (`report_chunks`
     /// descriptors at least on the reporting queue), MSI-X if present,
     /// DRIVER_OK, and the APIC wake timer (stopped on drop).
     pub fn open(info: &StartInfo, report_chunks: usize) -> Result<Balloon, Reason> {
-        let host = pci_host::find(info.rsdp_paddr)?;
-        let Some(access) = host.access() else {
-            bail!("no pci configuration mechanism (0xcf8 does not respond, no mcfg or _CBA)");
-        };
-        let Some((bdf, device_id)) = find(&access) else {
-            bail!("no virtio balloon device on pci bus 0");
-        };
-        let assigned = pci_alloc::assign(&access, bdf, host.windows.as_deref())?;
-        for bar in assigned
-            .bars
-            .iter()
-            .filter(|bar| bar.kind != pci::BarKind::Io)
-        {
-            paging::map_device(bar.addr, bar.size)?;
-        }
-        let command = access.command(bdf);
-        access.set_command(
+        let virtio_pci::Function {
+            access,
             bdf,
-            command | pci::COMMAND_MEMORY | pci::COMMAND_BUS_MASTER | pci::COMMAND_INTX_DISABLE,
-        );
-
-        let lapic = LocalApic::current()?;
-        lapic.enable(SPURIOUS_VECTOR);
-        pic::disable();
-        idt::LAPIC_EOI_ADDR.store(lapic.eoi_addr(), Ordering::SeqCst);
+            device_id,
+            assigned,
+        } = virtio_pci::open(
+            info,
+            "virtio balloon device",
+            &[BALLOON_MODERN, BALLOON_TRANSITIONAL],
+            None,
+            false,
+        )?;
+        let lapic = virtio_pci::interrupt_lapic()?;
         let msix = Msix::find(&access, bdf, &assigned.bars)?.filter(|m| m.table_size >= 2);
         if let Some(msix) = &msix {
             msix.set_entry(CONFIG_ENTRY, lapic.id(), CONFIG_VECTOR)?;
@@ -267,24 +245,7 @@ impl Balloon {
         };
         let mut transport = PciTransport::new::<ProbeHal, _>(&mut root, function)
             .map_err(|e| fail_reason!("virtio pci transport: {}", e))?;
-        transport.set_status(DeviceStatus::empty());
-        transport.set_status(DeviceStatus::ACKNOWLEDGE | DeviceStatus::DRIVER);
-        let device_features = transport.read_device_features();
-        if device_features & feature::VERSION_1 == 0 {
-            bail!(
-                "{} does not offer VIRTIO_F_VERSION_1 (features={:#x})",
-                bdf,
-                device_features
-            );
-        }
-        let features = device_features & ACCEPTED;
-        transport.write_driver_features(features);
-        transport.set_status(
-            DeviceStatus::ACKNOWLEDGE | DeviceStatus::DRIVER | DeviceStatus::FEATURES_OK,
-        );
-        if !transport.get_status().contains(DeviceStatus::FEATURES_OK) {
-            bail!("{} refused features {:#x}", bdf, features);
-        }
+        let (device_features, features) = virtio_pci::negotiate(&mut transport, bdf, ACCEPTED)?;
 
         // Queues numbered compactly over the accepted features (5.5.2).
         let mut roles = Vec::new();

@@ -18,15 +18,15 @@
 
 use crate::apic::{LocalApic, TIMER_DIVIDE_16};
 use crate::exit::Reason;
-use crate::idt::{self, DEVICE_VECTOR_BASE, SPURIOUS_VECTOR, TIMER_VECTOR};
+use crate::idt::{DEVICE_VECTOR_BASE, TIMER_VECTOR};
 use crate::msix::Msix;
 use crate::pci::{self, Bdf, ConfigAccess};
 use crate::start_info::StartInfo;
 use crate::tsc::{self, Deadline};
 use crate::virtio_hal::ProbeHal;
 use crate::virtio_msix::{CommonCfg, QueueNotify};
-use crate::{bail, fail_reason, paging, pci_alloc, pci_host, pic};
-use core::sync::atomic::Ordering;
+use crate::virtio_pci;
+use crate::{bail, fail_reason};
 use virtio_drivers::queue::VirtQueue;
 use virtio_drivers::transport::pci::bus::{DeviceFunction, PciRoot};
 use virtio_drivers::transport::pci::PciTransport;
@@ -34,7 +34,6 @@ use virtio_drivers::transport::{DeviceStatus, Transport};
 use virtio_drivers::{BufferDirection, Hal, PAGE_SIZE};
 use x86_64::instructions::interrupts;
 
-const VIRTIO_VENDOR: u16 = 0x1af4;
 /// Modern (virtio 1.x) and transitional block device IDs.
 const BLK_MODERN: u16 = 0x1042;
 const BLK_TRANSITIONAL: u16 = 0x1001;
@@ -186,50 +185,23 @@ pub struct Device {
     lapic: LocalApic,
 }
 
-/// The first virtio block function on bus 0 (on device `slot` if given).
-fn find(access: &ConfigAccess, slot: Option<u8>) -> Option<(Bdf, u16)> {
-    access.functions_on_bus0().into_iter().find_map(|bdf| {
-        let ids = access.read32(bdf, pci::REG_VENDOR);
-        let (vendor, device) = (ids as u16, (ids >> 16) as u16);
-        (vendor == VIRTIO_VENDOR
-            && (device == BLK_MODERN || device == BLK_TRANSITIONAL)
-            && slot.is_none_or(|slot| slot == bdf.device))
-        .then_some((bdf, device))
-    })
-}
-
 impl Device {
     /// Finds, configures and resets the device, negotiates features
     /// (VERSION_1 required) and reads its configuration.
     pub fn open(info: &StartInfo, slot: Option<u8>) -> Result<Device, Reason> {
-        let host = pci_host::find(info.rsdp_paddr)?;
-        let Some(access) = host.access() else {
-            bail!("no pci configuration mechanism (0xcf8 does not respond, no mcfg or _CBA)");
-        };
-        let Some((bdf, device_id)) = find(&access, slot) else {
-            match slot {
-                Some(slot) => bail!("no virtio block device at pci 00:{:02x}", slot),
-                None => bail!("no virtio block device on pci bus 0"),
-            }
-        };
-        let assigned = pci_alloc::assign(&access, bdf, host.windows.as_deref())?;
-        for bar in assigned
-            .bars
-            .iter()
-            .filter(|bar| bar.kind != pci::BarKind::Io)
-        {
-            paging::map_device(bar.addr, bar.size)?;
-        }
-        let command = access.command(bdf);
-        access.set_command(
+        let virtio_pci::Function {
+            access,
             bdf,
-            command | pci::COMMAND_MEMORY | pci::COMMAND_BUS_MASTER | pci::COMMAND_INTX_DISABLE,
-        );
-
-        let lapic = LocalApic::current()?;
-        lapic.enable(SPURIOUS_VECTOR);
-        pic::disable();
-        idt::LAPIC_EOI_ADDR.store(lapic.eoi_addr(), Ordering::SeqCst);
+            device_id,
+            assigned,
+        } = virtio_pci::open(
+            info,
+            "virtio block device",
+            &[BLK_MODERN, BLK_TRANSITIONAL],
+            slot,
+            false,
+        )?;
+        let lapic = virtio_pci::interrupt_lapic()?;
         let Some(msix) = Msix::find(&access, bdf, &assigned.bars)? else {
             bail!("{} has no msi-x capability", bdf);
         };
@@ -246,27 +218,7 @@ impl Device {
         };
         let mut transport = PciTransport::new::<ProbeHal, _>(&mut root, function)
             .map_err(|e| fail_reason!("virtio pci transport: {}", e))?;
-
-        // The crate's `begin_init`, with the device's own feature bits
-        // kept and FEATURES_OK checked.
-        transport.set_status(DeviceStatus::empty());
-        transport.set_status(DeviceStatus::ACKNOWLEDGE | DeviceStatus::DRIVER);
-        let device_features = transport.read_device_features();
-        if device_features & feature::VERSION_1 == 0 {
-            bail!(
-                "{} does not offer VIRTIO_F_VERSION_1 (features={:#x})",
-                bdf,
-                device_features
-            );
-        }
-        let features = device_features & ACCEPTED;
-        transport.write_driver_features(features);
-        transport.set_status(
-            DeviceStatus::ACKNOWLEDGE | DeviceStatus::DRIVER | DeviceStatus::FEATURES_OK,
-        );
-        if !transport.get_status().contains(DeviceStatus::FEATURES_OK) {
-            bail!("{} refused features {:#x}", bdf, features);
-        }
+        let (device_features, features) = virtio_pci::negotiate(&mut transport, bdf, ACCEPTED)?;
         // After the reset, which clears the vectors.
         let config_vector = common.set_config_vector(CONFIG_ENTRY);
         let queue_vector = common.set_queue_vector(REQUEST_QUEUE, QUEUE_ENTRY);

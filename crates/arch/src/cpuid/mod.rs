@@ -79,7 +79,8 @@ pub fn reg_mut(e: &mut kvm_cpuid_entry2, reg: Reg) -> &mut u32 {
     }
 }
 
-fn reg(e: &kvm_cpuid_entry2, r: Reg) -> u32 {
+/// The 32-bit register `r` of `e`.
+pub fn reg(e: &kvm_cpuid_entry2, r: Reg) -> u32 {
     match r {
         Reg::Eax => e.eax,
         Reg::Ebx => e.ebx,
@@ -88,10 +89,15 @@ fn reg(e: &kvm_cpuid_entry2, r: Reg) -> u32 {
     }
 }
 
+/// Whether `e` answers CPUID `leaf` with ECX = `subleaf` (KVM flags the
+/// entries whose output depends on ECX).
+fn answers(e: &kvm_cpuid_entry2, leaf: u32, subleaf: u32) -> bool {
+    e.function == leaf
+        && (e.index == subleaf || e.flags & kvm_bindings::KVM_CPUID_FLAG_SIGNIFCANT_INDEX == 0)
+}
+
 fn find(entries: &[kvm_cpuid_entry2], leaf: u32, subleaf: u32) -> Option<&kvm_cpuid_entry2> {
-    entries
-        .iter()
-        .find(|e| e.function == leaf && (e.index == subleaf || !has_subleaves(leaf)))
+    entries.iter().find(|e| answers(e, leaf, subleaf))
 }
 
 fn find_mut(
@@ -99,32 +105,7 @@ fn find_mut(
     leaf: u32,
     subleaf: u32,
 ) -> Option<&mut kvm_cpuid_entry2> {
-    entries
-        .iter_mut()
-        .find(|e| e.function == leaf && (e.index == subleaf || !has_subleaves(leaf)))
-}
-
-/// Leaves whose output depends on ECX.
-fn has_subleaves(leaf: u32) -> bool {
-    matches!(
-        leaf,
-        4 | 7
-            | 0xb
-            | 0xd
-            | 0xf
-            | 0x10
-            | 0x12
-            | 0x14
-            | 0x17
-            | 0x18
-            | 0x1d
-            | 0x1e
-            | 0x1f
-            | 0x24
-            | 0x8000_001d
-            | 0x8000_0020
-            | 0x8000_0026
-    )
+    entries.iter_mut().find(|e| answers(e, leaf, subleaf))
 }
 
 /// Whether `entries` (KVM's supported CPUID) offers `feature`.

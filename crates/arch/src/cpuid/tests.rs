@@ -2,10 +2,13 @@
 
 use super::*;
 
+/// A CPUID entry flagged index-significant (lookups of leaves without
+/// subleaves ask for index 0, so the flag is harmless there).
 fn entry(function: u32, index: u32, eax: u32, ebx: u32, ecx: u32, edx: u32) -> kvm_cpuid_entry2 {
     kvm_cpuid_entry2 {
         function,
         index,
+        flags: kvm_bindings::KVM_CPUID_FLAG_SIGNIFCANT_INDEX,
         eax,
         ebx,
         ecx,

@@ -6,16 +6,13 @@
 //! go on the stats queue, and with `report=on` a free part of the pool is
 //! reported once on the free page reporting queue.
 
-#[path = "../virtio_balloon.rs"]
-mod virtio_balloon;
-
 use super::Outcome;
 use crate::exit::Reason;
 use crate::start_info::{StartInfo, MEM_TYPE_RAM};
 use crate::tsc::{self, Deadline};
+use crate::virtio_balloon::{feature, Balloon, Role};
 use crate::virtio_blk::dma_page;
 use crate::{bail, cmdline, ram, say};
-use virtio_balloon::{feature, Balloon, Role};
 
 const PAGE: u64 = 4096;
 /// PFNs per inflate / deflate buffer (Linux's batch).

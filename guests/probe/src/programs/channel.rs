@@ -19,26 +19,25 @@
 //! `h = 0xcbf29ce484222325`.
 
 use super::Outcome;
-use crate::apic::{LocalApic, TIMER_DIVIDE_16};
+use crate::apic::TIMER_DIVIDE_16;
 use crate::exit::Reason;
-use crate::idt::{self, DEVICE_VECTOR_BASE, SPURIOUS_VECTOR, TIMER_VECTOR};
+use crate::idt::{DEVICE_VECTOR_BASE, TIMER_VECTOR};
 use crate::msix::Msix;
-use crate::pci::{self, Bar, BarKind, Bdf, ConfigAccess};
+use crate::pci::Bar;
 use crate::start_info::StartInfo;
 use crate::virtio_hal::ProbeHal;
 use crate::virtio_msix::CommonCfg;
-use crate::{bail, cmdline, fail_reason, paging, pci_alloc, pci_host, pic, say, text, tsc};
+use crate::virtio_pci;
+use crate::{bail, cmdline, fail_reason, say, text, tsc};
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt::Write;
-use core::sync::atomic::Ordering;
 use virtio_drivers::queue::VirtQueue;
 use virtio_drivers::transport::pci::bus::{DeviceFunction, PciRoot};
 use virtio_drivers::transport::pci::PciTransport;
 use virtio_drivers::transport::{DeviceStatus, Transport};
 use x86_64::instructions::interrupts;
 
-const VIRTIO_VENDOR: u16 = 0x1af4;
 /// Modern (virtio 1.x) and transitional console device IDs.
 const CONSOLE_MODERN: u16 = 0x1043;
 const CONSOLE_TRANSITIONAL: u16 = 0x1003;
@@ -149,27 +148,19 @@ impl<'a> Options<'a> {
 
 pub fn run(info: &StartInfo) -> Outcome {
     let options = Options::parse(info.cmdline())?;
-    let host = pci_host::find(info.rsdp_paddr)?;
-    let Some(access) = host.access() else {
-        bail!("no pci configuration mechanism (0xcf8 does not respond, no mcfg or _CBA)");
-    };
-    let Some((bdf, device_id)) = find_console(&access) else {
-        bail!("no virtio console device on pci bus 0");
-    };
-    let assigned = pci_alloc::assign(&access, bdf, host.windows.as_deref())?;
-    for bar in assigned.bars.iter().filter(|bar| bar.kind != BarKind::Io) {
-        paging::map_device(bar.addr, bar.size)?;
-    }
-    let command = access.command(bdf);
-    access.set_command(
+    let virtio_pci::Function {
+        access,
         bdf,
-        command | pci::COMMAND_MEMORY | pci::COMMAND_BUS_MASTER | pci::COMMAND_INTX_DISABLE,
-    );
-
-    let lapic = LocalApic::current()?;
-    lapic.enable(SPURIOUS_VECTOR);
-    pic::disable();
-    idt::LAPIC_EOI_ADDR.store(lapic.eoi_addr(), Ordering::SeqCst);
+        device_id,
+        assigned,
+    } = virtio_pci::open(
+        info,
+        "virtio console device",
+        &[CONSOLE_MODERN, CONSOLE_TRANSITIONAL],
+        None,
+        false,
+    )?;
+    let lapic = virtio_pci::interrupt_lapic()?;
     let Some(msix) = Msix::find(&access, bdf, &assigned.bars)? else {
         bail!("{} has no msi-x capability", bdf);
     };
@@ -232,16 +223,6 @@ pub fn run(info: &StartInfo) -> Outcome {
     interrupts::disable();
     lapic.stop_timer();
     result
-}
-
-/// The first virtio console function on bus 0 and its device ID.
-fn find_console(access: &ConfigAccess) -> Option<(Bdf, u16)> {
-    access.functions_on_bus0().into_iter().find_map(|bdf| {
-        let ids = access.read32(bdf, pci::REG_VENDOR);
-        let (vendor, device) = (ids as u16, (ids >> 16) as u16);
-        (vendor == VIRTIO_VENDOR && (device == CONSOLE_MODERN || device == CONSOLE_TRANSITIONAL))
-            .then_some((bdf, device))
-    })
 }
 
 /// `count` zeroed, 8-byte aligned buffers of `chunk` bytes (a multiple of 8).

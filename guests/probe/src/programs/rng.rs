@@ -8,16 +8,17 @@
 //! interrupt fires.
 
 use super::Outcome;
-use crate::apic::{LocalApic, TIMER_DIVIDE_16};
+use crate::apic::TIMER_DIVIDE_16;
 use crate::exit::Reason;
-use crate::idt::{self, DEVICE_VECTOR_BASE, INTX_VECTOR, SPURIOUS_VECTOR, TIMER_VECTOR};
+use crate::idt::{self, DEVICE_VECTOR_BASE, INTX_VECTOR, TIMER_VECTOR};
 use crate::msix::Msix;
-use crate::pci::{self, Bar, BarKind, Bdf, ConfigAccess};
+use crate::pci::{self, Bar, Bdf, ConfigAccess};
 use crate::start_info::StartInfo;
 use crate::tsc::Deadline;
 use crate::virtio_hal::ProbeHal;
 use crate::virtio_msix::{self, CommonCfg};
-use crate::{bail, cmdline, fail_reason, ioapic, paging, pci_alloc, pci_host, pic, say, text};
+use crate::virtio_pci;
+use crate::{bail, cmdline, fail_reason, ioapic, say, text};
 use alloc::string::String;
 use alloc::vec;
 use core::fmt::Write;
@@ -29,7 +30,6 @@ use virtio_drivers::transport::pci::PciTransport;
 use virtio_drivers::transport::Transport;
 use x86_64::instructions::interrupts;
 
-const VIRTIO_VENDOR: u16 = 0x1af4;
 /// Modern (virtio 1.x) and transitional entropy device IDs.
 const RNG_MODERN: u16 = 0x1044;
 const RNG_TRANSITIONAL: u16 = 0x1005;
@@ -77,25 +77,18 @@ pub fn run(info: &StartInfo) -> Outcome {
         Some("intx") => IrqMode::Intx,
         Some(other) => bail!("unknown irq mode {}", other),
     };
-    let host = pci_host::find(info.rsdp_paddr)?;
-    let Some(access) = host.access() else {
-        bail!("no pci configuration mechanism (0xcf8 does not respond, no mcfg or _CBA)");
-    };
-    let Some((bdf, device_id)) = find_rng(&access) else {
-        bail!("no virtio entropy device on pci bus 0");
-    };
-    let assigned = pci_alloc::assign(&access, bdf, host.windows.as_deref())?;
-    for bar in assigned.bars.iter().filter(|bar| bar.kind != BarKind::Io) {
-        paging::map_device(bar.addr, bar.size)?;
-    }
-    let command = access.command(bdf) | pci::COMMAND_MEMORY | pci::COMMAND_BUS_MASTER;
-    access.set_command(
+    let virtio_pci::Function {
+        access,
         bdf,
-        match mode {
-            IrqMode::Msix => command | pci::COMMAND_INTX_DISABLE,
-            IrqMode::Intx => command & !pci::COMMAND_INTX_DISABLE,
-        },
-    );
+        device_id,
+        assigned,
+    } = virtio_pci::open(
+        info,
+        "virtio entropy device",
+        &[RNG_MODERN, RNG_TRANSITIONAL],
+        None,
+        mode == IrqMode::Intx,
+    )?;
     let placement = match &assigned.pools {
         Some(pools) => text!(" {}", pools),
         None => text!(""),
@@ -110,10 +103,7 @@ pub fn run(info: &StartInfo) -> Outcome {
         placement
     );
 
-    let lapic = LocalApic::current()?;
-    lapic.enable(SPURIOUS_VECTOR);
-    pic::disable();
-    idt::LAPIC_EOI_ADDR.store(lapic.eoi_addr(), Ordering::SeqCst);
+    let lapic = virtio_pci::interrupt_lapic()?;
 
     let msix = Msix::find(&access, bdf, &assigned.bars)?;
     let intx = match mode {
@@ -268,16 +258,6 @@ fn setup_intx(
         apic_id
     );
     Ok(Intx { route })
-}
-
-/// The first virtio entropy function on bus 0 and its device ID.
-fn find_rng(access: &ConfigAccess) -> Option<(Bdf, u16)> {
-    access.functions_on_bus0().into_iter().find_map(|bdf| {
-        let ids = access.read32(bdf, pci::REG_VENDOR);
-        let (vendor, device) = (ids as u16, (ids >> 16) as u16);
-        (vendor == VIRTIO_VENDOR && (device == RNG_MODERN || device == RNG_TRANSITIONAL))
-            .then_some((bdf, device))
-    })
 }
 
 /// `bar1=mem32:0x..+0x.. bar4=...`.
