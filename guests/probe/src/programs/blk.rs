@@ -8,11 +8,13 @@ use crate::exit::Reason;
 use crate::idt;
 use crate::mem::{as_qwords, fill_qwords, qwords_equal};
 use crate::start_info::StartInfo;
+use crate::tsc::Deadline;
 use crate::virtio_blk::{
     feature, kind, Blk, Device, Dir, WaitMode, QUEUE_VECTOR, RANGE_SEGMENT_LEN, SECTOR_SIZE,
     STATUS_IOERR, STATUS_OK, STATUS_UNSUPP,
 };
 use crate::{bail, cmdline, ram, say};
+use x86_64::instructions::interrupts;
 
 /// One request at a time: header, up to 16 data descriptors (`blk_seg=`),
 /// status.
@@ -69,11 +71,15 @@ pub fn run(info: &StartInfo) -> Outcome {
         Mode::ReadWrite => read_write(&mut blk, wbuf, rbuf)?,
         Mode::ReadOnly => read_only(&mut blk, wbuf, rbuf)?,
     }
-    // Requests may all complete before the probe ever waits; an MSI that
-    // arrived while interrupts were off is pending in the LAPIC: let it in.
-    // SAFETY: the IDT has handlers for the device vectors; the window is a
-    // few instructions, and popfq restores the interrupt flag as it was.
-    unsafe { core::arch::asm!("pushfq", "sti", "nop", "nop", "popfq") };
+    // Requests may all complete before the probe ever waits, and the MSI
+    // is injected asynchronously (irqfd): under host load it can trail the
+    // used ring. Wait for it in `hlt` (the 10 ms wake timer runs while `blk`
+    // lives), for at most 200 ms.
+    let deadline = Deadline::after_us(200_000);
+    while idt::device_irqs(QUEUE_VECTOR) == irqs_before && !deadline.expired() {
+        interrupts::enable_and_hlt();
+        interrupts::disable();
+    }
     let irqs = idt::device_irqs(QUEUE_VECTOR) - irqs_before;
     say!("blk msix_irqs={} halts={}", irqs, blk.run.stats.halts);
     if irqs == 0 {
