@@ -26,6 +26,32 @@ pub struct Topology {
     pub alignment_offset: u32,
 }
 
+/// How one stretch of a disk is stored: what `qemu-img map --output json`
+/// reports for a range (`start`, `length`, `depth`, `present`, `zero`,
+/// `data`, `compressed`, `offset`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Extent {
+    /// Guest-visible offset of the stretch.
+    pub start: u64,
+    /// Length in bytes; never 0.
+    pub length: u64,
+    /// Backing images between this image and the one that holds the
+    /// stretch (0: this image). For an absent stretch: the chain length.
+    pub depth: u32,
+    /// Whether some image of the chain holds the stretch.
+    pub present: bool,
+    /// Whether the stretch reads as zeros.
+    pub zero: bool,
+    /// Whether the holding image stores data for it (false for holes and
+    /// zero clusters).
+    pub data: bool,
+    /// Whether the data is stored compressed.
+    pub compressed: bool,
+    /// Where the data lies in the holding image's file, when it lies there
+    /// uncompressed and contiguous.
+    pub host_offset: Option<u64>,
+}
+
 /// A disk image: random access by byte offset. Implementations are shared
 /// between queue workers, so every method takes `&self` and is positional.
 pub trait DiskFile: Send + Sync {
@@ -46,6 +72,10 @@ pub trait DiskFile: Send + Sync {
     fn discard(&self, offset: u64, len: u64) -> io::Result<()>;
     /// Makes `[offset, offset + len)` read as zeros, deallocating it when `unmap`.
     fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> io::Result<()>;
+    /// The allocation map: how the stretch starting at `offset` (at most
+    /// `max_len` bytes, within the disk) is stored. Callers walk a disk by
+    /// calling again at `start + length`.
+    fn extent_at(&self, offset: u64, max_len: u64) -> io::Result<Extent>;
 }
 
 /// Drops the first `n` bytes of `bufs`.

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use vm_memory::VolatileSlice;
 
-use crate::{DiskFile, Topology};
+use crate::{DiskFile, Extent, Topology};
 
 /// How to open a raw image.
 #[derive(Debug, Clone, Copy, Default)]
@@ -171,6 +171,19 @@ impl RawFile {
         Ok(r as usize)
     }
 
+    /// `lseek(fd, offset, whence)`; `None` when no data/hole lies past `offset` (ENXIO).
+    fn seek(&self, offset: u64, whence: libc::c_int) -> io::Result<Option<u64>> {
+        // SAFETY: lseek on our own descriptor with integer arguments.
+        let r = unsafe { libc::lseek(self.file.as_raw_fd(), offset as libc::off_t, whence) };
+        if r >= 0 {
+            return Ok(Some(r as u64));
+        }
+        match io::Error::last_os_error() {
+            e if e.raw_os_error() == Some(libc::ENXIO) => Ok(None),
+            e => Err(e),
+        }
+    }
+
     fn check_writable(&self) -> io::Result<()> {
         if self.read_only {
             return Err(io::Error::new(
@@ -247,6 +260,51 @@ impl DiskFile for RawFile {
                 len,
             )
         })
+    }
+
+    fn extent_at(&self, offset: u64, max_len: u64) -> io::Result<Extent> {
+        self.raw_extent(offset, max_len)
+    }
+}
+
+impl RawFile {
+    /// The stretch at `offset` as SEEK_DATA/SEEK_HOLE see it: data up to the
+    /// next hole, or a hole (reading as zeros) up to the next data.
+    fn raw_extent(&self, offset: u64, max_len: u64) -> io::Result<Extent> {
+        let end = self.size.min(offset.saturating_add(max_len));
+        if offset >= end {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "offset {offset} is past the end of the disk ({} bytes)",
+                    self.size
+                ),
+            ));
+        }
+        let whole = |data: bool, stop: u64| Extent {
+            start: offset,
+            length: stop.clamp(offset + 1, end) - offset,
+            depth: 0,
+            present: data,
+            zero: !data,
+            data,
+            compressed: false,
+            host_offset: data.then_some(offset),
+        };
+        if self.block_device {
+            return Ok(whole(true, end));
+        }
+        match self.seek(offset, libc::SEEK_DATA) {
+            Ok(Some(next_data)) if next_data <= offset => {
+                let hole = self.seek(offset, libc::SEEK_HOLE)?.unwrap_or(end);
+                Ok(whole(true, hole))
+            }
+            Ok(Some(next_data)) => Ok(whole(false, next_data)),
+            Ok(None) => Ok(whole(false, end)),
+            // Filesystems without SEEK_DATA: everything is data.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(whole(true, end)),
+            Err(e) => Err(e),
+        }
     }
 }
 
@@ -335,6 +393,30 @@ mod tests {
             crate::read_exact_vectored_at(&disk, &past, (1 << 16) - 8).is_err(),
             "end of file"
         );
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn allocation_map_follows_holes() {
+        let (path, mut f) = temp_file(1 << 20);
+        f.seek(SeekFrom::Start(256 << 10)).unwrap();
+        f.write_all(&[3u8; 64 << 10]).unwrap();
+        f.sync_all().unwrap();
+        let disk = RawFile::open(&path, OpenOptions::default()).unwrap();
+        let mut at = 0;
+        let mut map = Vec::new();
+        while at < disk.size() {
+            let e = disk.extent_at(at, u64::MAX).unwrap();
+            assert_eq!(e.start, at);
+            map.push((e.start, e.length, e.data));
+            at += e.length;
+        }
+        assert!(
+            map.contains(&(256 << 10, 64 << 10, true)),
+            "written range is data: {map:?}"
+        );
+        assert_eq!(map.first().map(|m| m.2), Some(false), "{map:?}");
+        assert!(disk.extent_at(1 << 20, 1).is_err());
         std::fs::remove_file(path).unwrap();
     }
 

@@ -1034,6 +1034,9 @@ mod tests {
         fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> std::io::Result<()> {
             self.inner.write_zeroes(offset, len, unmap)
         }
+        fn extent_at(&self, offset: u64, max_len: u64) -> std::io::Result<block::Extent> {
+            self.inner.extent_at(offset, max_len)
+        }
     }
 
     /// A guest that reposts requests without waiting for completions cannot
