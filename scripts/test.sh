@@ -15,7 +15,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 as_root() { if [ "$(id -u)" -eq 0 ]; then env DEBIAN_FRONTEND=noninteractive "$@"; else sudo env DEBIAN_FRONTEND=noninteractive "$@"; fi; }
 missing=()
-for p in binutils gcc cpio python3 ca-certificates acpica-tools; do installed "$p" || missing+=("$p"); done
+for p in binutils gcc cpio python3 ca-certificates acpica-tools strace util-linux iproute2; do installed "$p" || missing+=("$p"); done
 if ! installed qemu-system-x86; then
 	as_root apt-get update -qq
 	qemu_version=$(apt-cache madison qemu-system-x86 | awk 'NR == 1 { print $3 }')

@@ -6,6 +6,7 @@
 //! socket file is created with mode 0600 in a directory that must not be
 //! world-writable, and removed when the server stops.
 
+use sandbox::seccomp::ThreadKind;
 use std::fs;
 use std::io::{self, BufReader, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
@@ -241,9 +242,8 @@ impl Server {
             options,
             active: Arc::clone(&active),
         };
-        let thread = thread::Builder::new()
-            .name("api".to_string())
-            .spawn(move || accept.run())?;
+        let thread =
+            sandbox::thread::spawn(ThreadKind::Api, "api".to_string(), move || accept.run())?;
         Ok(ServerHandle {
             wake: Some(wake),
             thread: Some(thread),
@@ -409,12 +409,10 @@ impl Acceptor {
         let slot = ConnectionSlot(Arc::clone(&self.active));
         let handler = Arc::clone(&self.handler);
         let options = self.options;
-        let spawned = thread::Builder::new()
-            .name("api-conn".to_string())
-            .spawn(move || {
-                let _slot = slot;
-                serve_connection(stream, handler.as_ref(), &options);
-            });
+        let spawned = sandbox::thread::spawn(ThreadKind::Api, "api-conn".to_string(), move || {
+            let _slot = slot;
+            serve_connection(stream, handler.as_ref(), &options);
+        });
         if let Err(e) = spawned {
             // The closure, stream and slot included, was dropped.
             debug!("api: cannot spawn a connection thread: {e}");

@@ -71,9 +71,41 @@ struct Cli {
     /// What a guest reboot does: restart (default) or exit.
     #[arg(long, value_name = "restart|exit")]
     on_reboot: Option<String>,
+    /// seccomp filters per thread kind: on (default; a forbidden system call kills
+    /// the process with SIGSYS and a log line naming it), log (the kernel logs
+    /// it and the call goes through) or off.
+    #[arg(
+        long,
+        value_name = "on|off|log",
+        default_value = "on",
+        env = "FERROVISOR_SECCOMP"
+    )]
+    seccomp: sandbox::seccomp::Mode,
+    /// Landlock: on (default, where the kernel supports it) limits the process to the
+    /// VM's own files and sockets, /dev/kvm, /dev/net/tun and --landlock-rules paths.
+    #[arg(
+        long,
+        value_name = "on|off",
+        default_value = "on",
+        env = "FERROVISOR_LANDLOCK"
+    )]
+    landlock: OnOff,
+    /// Another path the VMM may reach under Landlock: path=PATH[,access=ro|rw|create].
+    /// Repeatable.
+    #[arg(long, value_name = "path=PATH,access=ro|rw|create")]
+    landlock_rules: Vec<String>,
     /// Log filter (error, warn, info, debug, trace, or a tracing directive).
     #[arg(long, default_value = "warn", env = "FERROVISOR_LOG")]
     log_level: String,
+}
+
+/// A switch flag's value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum OnOff {
+    /// Enabled.
+    On,
+    /// Disabled.
+    Off,
 }
 
 /// The flags that describe a VM, which `--config` replaces.
@@ -249,10 +281,39 @@ fn run(cli: &Cli, config: Option<VmConfig>) -> Result<Outcome, vmm::Error> {
             .map_err(|e| ConfigError::new("--event-log", format!("{}: {e}", path.display())))?,
         None => vmm::events::EventLog::default(),
     };
+    let landlock = match cli.landlock {
+        OnOff::Off => None,
+        OnOff::On => {
+            let mut rules = cli
+                .landlock_rules
+                .iter()
+                .map(|r| vmm::isolation::parse_rule(r))
+                .collect::<Result<Vec<_>, _>>()?;
+            // The API socket is removed on exit; the event log is appended to.
+            if let Some(path) = &cli.api_socket {
+                rules.push(vmm::isolation::socket_rule(path));
+            }
+            if let Some(path) = &cli.event_log {
+                rules.push(sandbox::landlock::Rule::new(
+                    path,
+                    sandbox::landlock::Permission::ReadWrite,
+                ));
+            }
+            Some(rules)
+        }
+    };
     let options = VmmOptions {
         serve_api: server.is_some(),
         event_log,
+        landlock,
     };
+    sandbox::seccomp::configure(cli.seccomp).map_err(|e| vmm::Error::Internal(e.to_string()))?;
+    if cli.seccomp != sandbox::seccomp::Mode::Off {
+        sandbox::thread::start_spawner().map_err(|e| vmm::Error::Io {
+            what: "starting the thread spawner".into(),
+            source: e,
+        })?;
+    }
     let controller = Vmm::new(options)?;
     let api = match server {
         Some(server) => {
@@ -264,6 +325,8 @@ fn run(cli: &Cli, config: Option<VmConfig>) -> Result<Outcome, vmm::Error> {
         }
         None => None,
     };
+    sandbox::seccomp::enter(sandbox::seccomp::ThreadKind::Vmm)
+        .map_err(|e| vmm::Error::Internal(e.to_string()))?;
     let outcome = controller.run(config);
     if let Some(api) = api {
         api.shutdown();

@@ -262,7 +262,12 @@ impl VirtioDevice for Balloon {
             interrupt: set.interrupt,
             shared: self.shared.clone(),
         };
-        self.worker = Some(Worker::spawn("virtio-balloon".into(), events, handler)?);
+        self.worker = Some(Worker::spawn(
+            "virtio-balloon".into(),
+            sandbox::seccomp::ThreadKind::VirtioBalloon,
+            events,
+            handler,
+        )?);
         Ok(())
     }
 

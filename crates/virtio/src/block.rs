@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use block::DiskFile;
+use sandbox::seccomp::ThreadKind;
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_device::Counters;
 use vm_memory::{GuestMemoryBackend, VolatileSlice};
@@ -212,8 +213,12 @@ impl VirtioDevice for Block {
                 pool: Some(pool),
                 broken: false,
             };
-            self.workers
-                .push(Worker::spawn(name, vec![event, completions], handler)?);
+            self.workers.push(Worker::spawn(
+                name,
+                ThreadKind::VirtioBlock,
+                vec![event, completions],
+                handler,
+            )?);
         }
         Ok(())
     }
@@ -340,22 +345,23 @@ impl IoPool {
                 signal.clone(),
                 executor.clone(),
             );
-            let thread = std::thread::Builder::new()
-                .name(format!("{name}-io{i}"))
-                .spawn(move || loop {
-                    let job = match job_rx.lock() {
-                        Ok(rx) => rx.recv(),
-                        Err(_) => return,
-                    };
-                    let Ok(job) = job else { return };
-                    if abort.load(std::sync::atomic::Ordering::Acquire) {
-                        return;
+            let thread =
+                sandbox::thread::spawn(ThreadKind::BlockIo, format!("{name}-io{i}"), move || {
+                    loop {
+                        let job = match job_rx.lock() {
+                            Ok(rx) => rx.recv(),
+                            Err(_) => return,
+                        };
+                        let Ok(job) = job else { return };
+                        if abort.load(std::sync::atomic::Ordering::Acquire) {
+                            return;
+                        }
+                        let used = executor.run(&job.descs);
+                        if done_tx.send((job.head, used)).is_err() {
+                            return;
+                        }
+                        let _ = signal.write(1);
                     }
-                    let used = executor.run(&job.descs);
-                    if done_tx.send((job.head, used)).is_err() {
-                        return;
-                    }
-                    let _ = signal.write(1);
                 })?;
             threads.push(thread);
         }

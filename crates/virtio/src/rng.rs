@@ -79,7 +79,12 @@ impl VirtioDevice for Rng {
             broken: false,
             counters: self.counters.clone(),
         };
-        self.worker = Some(Worker::spawn("virtio-rng".into(), vec![event], handler)?);
+        self.worker = Some(Worker::spawn(
+            "virtio-rng".into(),
+            sandbox::seccomp::ThreadKind::VirtioRng,
+            vec![event],
+            handler,
+        )?);
         Ok(())
     }
 

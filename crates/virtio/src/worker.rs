@@ -3,6 +3,7 @@
 //! notifies. A pause parks the thread once its handler has finished every
 //! request in flight, so guest memory stays still until it resumes.
 
+use sandbox::seccomp::ThreadKind;
 use std::io;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -124,9 +125,11 @@ const STOP_TOKEN: u64 = u64::MAX;
 const CONTROL_TOKEN: u64 = u64::MAX - 1;
 
 impl Worker {
-    /// Starts thread `name` serving `events` (one per queue) with `handler`.
+    /// Starts thread `name` of `kind` (its seccomp filter) serving `events`
+    /// (one per queue) with `handler`.
     pub fn spawn(
         name: String,
+        kind: ThreadKind,
         events: Vec<EventFd>,
         mut handler: impl QueueHandler,
     ) -> io::Result<Worker> {
@@ -152,7 +155,7 @@ impl Worker {
         }
         let stop_fd = stop.try_clone()?;
         let thread_control = control.clone();
-        let thread = std::thread::Builder::new().name(name).spawn(move || {
+        let thread = sandbox::thread::spawn(kind, name, move || {
             let mut ready = [EpollEvent::default(); 8];
             loop {
                 let n = match epoll.wait(-1, &mut ready) {
@@ -244,7 +247,13 @@ mod tests {
     fn a_paused_worker_quiesces_then_serves_nothing_until_resumed() {
         let a = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         let (tx, rx) = channel();
-        let w = Worker::spawn("test".into(), vec![a.try_clone().unwrap()], Forward(tx)).unwrap();
+        let w = Worker::spawn(
+            "test".into(),
+            ThreadKind::VirtioRng,
+            vec![a.try_clone().unwrap()],
+            Forward(tx),
+        )
+        .unwrap();
         assert!(w.pause());
         assert_eq!(rx.recv_timeout(Duration::from_secs(5)), Ok(usize::MAX));
         a.write(1).unwrap();
@@ -265,6 +274,7 @@ mod tests {
         let (tx, rx) = channel();
         let w = Worker::spawn(
             "test".into(),
+            ThreadKind::VirtioRng,
             vec![a.try_clone().unwrap(), b.try_clone().unwrap()],
             Forward(tx),
         )

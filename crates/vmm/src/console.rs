@@ -87,10 +87,7 @@ enum Input {
 type SharedClient = Arc<Mutex<Option<UnixStream>>>;
 
 fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> io::Result<()> {
-    std::thread::Builder::new()
-        .name(name.into())
-        .spawn(f)
-        .map(|_| ())
+    sandbox::thread::spawn(sandbox::seccomp::ThreadKind::SerialInput, name.into(), f).map(|_| ())
 }
 
 /// Binds a Unix socket at `path`, replacing a socket an earlier run left.

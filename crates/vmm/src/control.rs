@@ -93,6 +93,9 @@ pub struct VmmOptions {
     pub serve_api: bool,
     /// Where lifecycle events go.
     pub event_log: EventLog,
+    /// Landlock: `None` off, else on with these rules besides the VM's own
+    /// paths, applied when a VM is defined.
+    pub landlock: Option<Vec<sandbox::landlock::Rule>>,
 }
 
 /// The files and consoles of a booted VM, kept across reboots until `vm.delete`.
@@ -217,6 +220,10 @@ impl Vmm {
     fn create(&mut self, config: VmConfig) -> Result<(), Error> {
         let config = config.validate()?;
         boot_files::validate_cpus(&config, &self.hv)?;
+        if let Some(extra) = &self.options.landlock {
+            crate::isolation::apply_landlock(&config, extra)?;
+        }
+        crate::isolation::run_test_open_probe();
         self.config = Some(config);
         self.state = Some(VmState::Created);
         self.boot_count = 0;

@@ -174,10 +174,12 @@ impl Instance {
                 gate: self.gate.clone(),
                 counters,
             };
-            let handle = std::thread::Builder::new()
-                .name(format!("vcpu{index}"))
-                .spawn(move || runner.run())
-                .map_err(Error::io("starting a vCPU thread"))?;
+            let handle = sandbox::thread::spawn(
+                sandbox::seccomp::ThreadKind::Vcpu,
+                format!("vcpu{index}"),
+                move || runner.run(),
+            )
+            .map_err(Error::io("starting a vCPU thread"))?;
             self.threads.push((kicker, handle));
         }
         Ok(())

@@ -11,6 +11,7 @@ mod control;
 pub mod cpu_model;
 pub mod events;
 mod instance;
+pub mod isolation;
 mod memory;
 mod msi;
 mod platform;

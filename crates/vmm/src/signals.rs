@@ -23,16 +23,18 @@ pub(crate) fn install(events: Sender<Msg>) -> Result<(), Error> {
     let mut signals =
         signal_hook::iterator::Signals::new([libc::SIGTERM, libc::SIGINT, libc::SIGHUP])
             .map_err(Error::io("installing signal handlers"))?;
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
+    sandbox::thread::spawn(
+        sandbox::seccomp::ThreadKind::Signals,
+        "signals".into(),
+        move || {
             for signal in signals.forever() {
                 let _ = events.send(Msg::Event(Tagged {
                     generation: ANY_GENERATION,
                     event: Event::Signal(signal),
                 }));
             }
-        })
-        .map_err(Error::io("starting the signal thread"))?;
+        },
+    )
+    .map_err(Error::io("starting the signal thread"))?;
     Ok(())
 }

@@ -64,16 +64,18 @@ impl ConsoleWorker {
         let stop_fd = stop.try_clone()?;
         let wake_fd = wake.try_clone()?;
         let thread_control = control.clone();
-        let thread = std::thread::Builder::new()
-            .name("virtio-console".into())
-            .spawn(move || {
+        let thread = sandbox::thread::spawn(
+            sandbox::seccomp::ThreadKind::VirtioConsole,
+            "virtio-console".into(),
+            move || {
                 let fds = Fds {
                     stop: &stop_fd,
                     wake: &wake_fd,
                     control: &thread_control,
                 };
                 run(&epoll, engine, &queues, fds)
-            })?;
+            },
+        )?;
         Ok(ConsoleWorker {
             stop,
             wake,
