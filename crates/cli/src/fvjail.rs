@@ -15,7 +15,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use sandbox::cgroup::{parse_size, IoLimit, Limits};
-use sandbox::jail::{self, JailSpec};
+use sandbox::jail::{self, JailFile, JailSpec};
 
 /// Run ferrovisor in a jail: namespaces, pivot_root, no capabilities, its own uid/gid and cgroup.
 #[derive(Debug, Parser)]
@@ -36,9 +36,10 @@ struct Cli {
     /// The ferrovisor binary (default: the one beside fvjail).
     #[arg(long)]
     exec: Option<PathBuf>,
-    /// A host file for the VM: HOST_PATH[:NAME] appears as /NAME in the jail (default: its
-    /// file name) and is handed to the VM's uid. Repeatable.
-    #[arg(long, value_name = "HOST_PATH[:NAME]")]
+    /// A host file for the VM: HOST_PATH[:NAME[:ro]] appears as /NAME in the jail (default:
+    /// its file name). Read-write files are handed to the VM's uid/gid; `ro` ones are bound
+    /// read-only and keep their owner. Repeatable.
+    #[arg(long, value_name = "HOST_PATH[:NAME[:ro]]")]
     file: Vec<String>,
     /// Join this network namespace (e.g. /run/netns/NAME).
     #[arg(long)]
@@ -83,6 +84,32 @@ fn parse_io(text: &str) -> Result<IoLimit, String> {
     Ok(limit)
 }
 
+/// `HOST_PATH[:NAME[:ro]]`.
+fn parse_file(text: &str) -> Result<JailFile, String> {
+    let mut parts = text.split(':');
+    let host = PathBuf::from(parts.next().unwrap_or(""));
+    let name = match parts.next() {
+        Some(n) if !n.is_empty() => n.to_string(),
+        _ => host
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+    };
+    let read_only = match parts.next() {
+        None => false,
+        Some("ro") => true,
+        Some(other) => return Err(format!("--file {text:?}: {other:?} is not ro")),
+    };
+    if parts.next().is_some() {
+        return Err(format!("--file {text:?}: expected HOST_PATH[:NAME[:ro]]"));
+    }
+    Ok(JailFile {
+        host,
+        name,
+        read_only,
+    })
+}
+
 fn spec(cli: Cli) -> Result<JailSpec, String> {
     let exec = match cli.exec {
         Some(e) => e,
@@ -93,21 +120,8 @@ fn spec(cli: Cli) -> Result<JailSpec, String> {
     let files = cli
         .file
         .iter()
-        .map(|f| {
-            let (host, name) = match f.rsplit_once(':') {
-                Some((h, n)) => (PathBuf::from(h), n.to_string()),
-                None => {
-                    let h = PathBuf::from(f);
-                    let n = h
-                        .file_name()
-                        .map(|n| n.to_string_lossy().into_owned())
-                        .unwrap_or_default();
-                    (h, n)
-                }
-            };
-            (host, name)
-        })
-        .collect();
+        .map(|f| parse_file(f))
+        .collect::<Result<_, _>>()?;
     let memory = match &cli.memory_limit {
         Some(m) => Some(parse_size(m).ok_or_else(|| format!("--memory-limit {m:?}: not a size"))?),
         None => None,

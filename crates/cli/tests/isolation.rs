@@ -153,6 +153,29 @@ fn landlock_keeps_the_vmm_to_its_own_files() {
     assert!(out.log.contains(&expected), "{}", out.log);
 }
 
+/// A network namespace (`ip netns add`), deleted on drop.
+struct NetNs(String);
+
+impl NetNs {
+    fn add(name: &str) -> NetNs {
+        let ok = Command::new("ip")
+            .args(["netns", "add", name])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "ip netns add {name}");
+        NetNs(name.to_string())
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.0])
+            .status();
+    }
+}
+
 /// uids and gids for the two jailed VMs (unused on CI machines).
 const JAIL_IDS: [u32; 2] = [64_101, 64_102];
 
@@ -168,7 +191,8 @@ fn fvjail(
     c.arg("--id").arg(id).arg("--base").arg(base);
     c.args(["--uid", &owner.to_string(), "--gid", &owner.to_string()]);
     c.arg("--exec").arg(env!("CARGO_BIN_EXE_ferrovisor"));
-    c.arg("--file").arg(format!("{}:probe", probe().display()));
+    c.arg("--file")
+        .arg(format!("{}:probe:ro", probe().display()));
     c.arg("--file").arg(format!("{}:disk.img", disk.display()));
     c.args(limits);
     c.args([
@@ -221,7 +245,10 @@ fn two_jailed_vms_run_without_reaching_each_others_disks() {
     let id_a = format!("fv-a-{}", std::process::id());
     let id_b = format!("fv-b-{}", std::process::id());
 
-    // VM A keeps running; VM B does disk I/O and tries to open A's disk.
+    // VM A keeps running in a network namespace of its own; VM B does disk
+    // I/O and tries to open A's disk.
+    let netns = NetNs::add(&format!("fvjail-{}", std::process::id()));
+    let netns_path = format!("/run/netns/{}", netns.0);
     let mut a = fvjail(
         &base,
         &id_a,
@@ -232,9 +259,11 @@ fn two_jailed_vms_run_without_reaching_each_others_disks() {
             "--memory-limit",
             "1G",
             "--cpu-limit",
-            "1",
+            "1.5",
             "--pids-limit",
             "512",
+            "--netns",
+            &netns_path,
         ],
     );
     a.env(OPEN_PROBE, "/disk.img");
@@ -280,11 +309,19 @@ fn two_jailed_vms_run_without_reaching_each_others_disks() {
         "{}",
         status_field(pid, "NSpid:")
     );
-    for ns in ["mnt", "pid", "ipc", "uts"] {
+    for ns in ["mnt", "pid", "ipc", "uts", "net"] {
         let theirs = std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).unwrap();
         let ours = std::fs::read_link(format!("/proc/self/ns/{ns}")).unwrap();
         assert_ne!(theirs, ours, "{ns} namespace");
     }
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        std::fs::metadata(format!("/proc/{pid}/ns/net"))
+            .unwrap()
+            .ino(),
+        std::fs::metadata(&netns_path).unwrap().ino(),
+        "A joined the network namespace it was given"
+    );
     // Its root holds only its own files.
     let root = std::fs::read_dir(format!("/proc/{pid}/root")).unwrap();
     let mut names: Vec<String> = root
@@ -303,15 +340,32 @@ fn two_jailed_vms_run_without_reaching_each_others_disks() {
     // Its cgroup, with the limits.
     let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
     assert!(cgroups.contains(&format!("fvjail/{id_a}")), "{cgroups}");
-    let limit = Path::new("/sys/fs/cgroup/memory/fvjail")
-        .join(&id_a)
-        .join("memory.limit_in_bytes");
-    if limit.exists() {
-        assert_eq!(
-            std::fs::read_to_string(&limit).unwrap().trim(),
-            "1073741824"
-        );
-    }
+    // The limits, in the v1 files on hosts that bind the controllers to v1
+    // hierarchies (this project's), else in the unified hierarchy's.
+    let v1 = |controller: &str, file: &str| {
+        Path::new("/sys/fs/cgroup")
+            .join(controller)
+            .join("fvjail")
+            .join(&id_a)
+            .join(file)
+    };
+    let v2 = |file: &str| {
+        Path::new("/sys/fs/cgroup/unified/fvjail")
+            .join(&id_a)
+            .join(file)
+    };
+    let read_limit = |v1_path: PathBuf, v2_path: PathBuf| {
+        std::fs::read_to_string(&v1_path)
+            .or_else(|_| std::fs::read_to_string(&v2_path))
+            .unwrap_or_else(|e| panic!("{} / {}: {e}", v1_path.display(), v2_path.display()))
+            .trim()
+            .to_string()
+    };
+    let memory = read_limit(v1("memory", "memory.limit_in_bytes"), v2("memory.max"));
+    assert_eq!(memory, "1073741824");
+    let cpu = read_limit(v1("cpu", "cpu.cfs_quota_us"), v2("cpu.max"));
+    assert!(cpu == "150000" || cpu == "150000 100000", "{cpu}");
+    assert_eq!(read_limit(v1("pids", "pids.max"), v2("pids.max")), "512");
     // A's own disk was reachable to A; B's uid cannot read A's disk on the host.
     let probe_line = "sandbox test probe: open /disk.img: allowed";
     assert!(vm_a.log().contains(probe_line), "{}", vm_a.log());

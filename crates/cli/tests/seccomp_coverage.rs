@@ -266,7 +266,7 @@ fn every_call_a_filter_allows_is_made_by_that_kind_of_thread() {
     assert_eq!(out.code(), debug_exit(0), "channel-recv: {out:#?}");
     traced.collect(&mut seen);
 
-    // The API: queries, pause and resume, then SIGTERM to end.
+    // The API: queries, pause and resume, then vmm.shutdown.
     let socket = dir.join("api.sock");
     let mut api = ferrovisor_api(&socket);
     api.arg("--kernel").arg(probe()).args([
@@ -289,9 +289,8 @@ fn every_call_a_filter_allows_is_made_by_that_kind_of_thread() {
         let r = call(&socket, method, endpoint, None);
         assert!(r.status < 300, "{endpoint}: {r:?}");
     }
-    // SIGTERM to ferrovisor itself, not to strace.
-    // SAFETY: kill(2) of the VMM this test started.
-    unsafe { libc::kill(guard.0, libc::SIGTERM) };
+    let r = call(&socket, "PUT", "vmm.shutdown", None);
+    assert!(r.status < 300, "vmm.shutdown: {r:?}");
     let out = vm.wait(Duration::from_secs(30));
     std::mem::forget(guard);
     assert_eq!(out.code(), 0, "api: {out:#?}");

@@ -33,13 +33,25 @@ pub struct JailSpec {
     /// The VMM binary on the host; it is `/ferrovisor` in the jail.
     pub exec: PathBuf,
     /// Host files and the names they get in the jail's root.
-    pub files: Vec<(PathBuf, String)>,
+    pub files: Vec<JailFile>,
     /// A network namespace to join (a path like `/run/netns/NAME`).
     pub netns: Option<PathBuf>,
     /// Resource limits for the VM's cgroup.
     pub limits: Limits,
     /// Arguments for the VMM (paths as seen inside the jail).
     pub args: Vec<OsString>,
+}
+
+/// A host file given to a jailed VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JailFile {
+    /// The file on the host.
+    pub host: PathBuf,
+    /// Its name in the jail's root.
+    pub name: String,
+    /// Bound read-only and left with its owner (a kernel, an ISO); else
+    /// bound read-write and handed to the VM's uid/gid (a disk).
+    pub read_only: bool,
 }
 
 /// Host directories of shared libraries, bound read-only into every jail so
@@ -82,7 +94,7 @@ fn validate(spec: &JailSpec) -> io::Result<()> {
     if spec.uid == 0 || spec.gid == 0 {
         return Err(invalid("--uid and --gid must not be 0".into()));
     }
-    for (host, name) in &spec.files {
+    for JailFile { host, name, .. } in &spec.files {
         let plain = !name.is_empty()
             && name != "."
             && name != ".."
@@ -158,9 +170,11 @@ fn prepare_root(spec: &JailSpec, root: &Path) -> io::Result<()> {
         }
     }
     fs::write(root.join("ferrovisor"), b"")?;
-    for (host, name) in &spec.files {
-        fs::write(root.join(name), b"")?;
-        chown(host, spec.uid, spec.gid)?;
+    for file in &spec.files {
+        fs::write(root.join(&file.name), b"")?;
+        if !file.read_only {
+            chown(&file.host, spec.uid, spec.gid)?;
+        }
     }
     // The VMM creates its sockets and logs in its root.
     chown(root, spec.uid, spec.gid)?;
@@ -218,8 +232,8 @@ fn enter_root(spec: &JailSpec, root: &Path) -> io::Result<()> {
         }
     }
     bind(&spec.exec, &root.join("ferrovisor"), true)?;
-    for (host, name) in &spec.files {
-        bind(host, &root.join(name), false)?;
+    for file in &spec.files {
+        bind(&file.host, &root.join(&file.name), file.read_only)?;
     }
     mount(
         Some(Path::new("proc")),
@@ -359,8 +373,8 @@ pub fn run(spec: &JailSpec, on_started: impl FnOnce(u32)) -> io::Result<i32> {
     }
     let selinux = crate::selinux::enabled();
     if selinux {
-        for (host, _) in &spec.files {
-            crate::selinux::label_file(host, &spec.id)?;
+        for file in spec.files.iter().filter(|f| !f.read_only) {
+            crate::selinux::label_file(&file.host, &spec.id)?;
         }
     } else {
         tracing::info!(
@@ -487,13 +501,21 @@ mod tests {
         assert!(validate(&s).is_err());
         for name in ["..", "a/b", "ferrovisor", "dev", ""] {
             let s = JailSpec {
-                files: vec![("/etc/hostname".into(), name.into())],
+                files: vec![JailFile {
+                    host: "/etc/hostname".into(),
+                    name: name.into(),
+                    read_only: true,
+                }],
                 ..spec()
             };
             assert!(validate(&s).is_err(), "{name:?}");
         }
         let s = JailSpec {
-            files: vec![("/nonexistent".into(), "disk".into())],
+            files: vec![JailFile {
+                host: "/nonexistent".into(),
+                name: "disk".into(),
+                read_only: false,
+            }],
             ..spec()
         };
         assert!(validate(&s).is_err());
