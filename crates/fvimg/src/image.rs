@@ -15,7 +15,7 @@ pub enum Image {
     /// A raw file or device (and a handle for plain positional writes).
     Raw(RawFile, std::fs::File),
     /// A qcow2 image.
-    Qcow2(Qcow2Image),
+    Qcow2(Box<Qcow2Image>),
 }
 
 impl Image {
@@ -44,7 +44,7 @@ impl Image {
                     .write(!read_only)
                     .open(path)?,
             )),
-            Format::Qcow2 => Ok(Image::Qcow2(Qcow2Image::open(
+            Format::Qcow2 => Ok(Image::Qcow2(Box::new(Qcow2Image::open(
                 path,
                 &Qcow2Options {
                     read_only,
@@ -52,7 +52,7 @@ impl Image {
                     l2_cache_tables: 1024,
                     ..Default::default()
                 },
-            )?)),
+            )?))),
             other => {
                 // Readers of other formats come through the block crate.
                 let _ = block::open_image(
@@ -83,7 +83,7 @@ impl Image {
     pub fn disk(&self) -> &dyn DiskFile {
         match self {
             Image::Raw(r, _) => r,
-            Image::Qcow2(q) => q,
+            Image::Qcow2(q) => q.as_ref(),
         }
     }
 
@@ -180,7 +180,10 @@ pub fn parse_options(list: &[String], spec: &mut CreateSpec) -> Result<(), Strin
 /// Creates an image of `format` per `spec`.
 pub fn create(path: &Path, format: Format, spec: &CreateSpec) -> io::Result<Image> {
     match format {
-        Format::Qcow2 => Ok(Image::Qcow2(Qcow2Image::create(path, &spec.qcow2)?)),
+        Format::Qcow2 => Ok(Image::Qcow2(Box::new(Qcow2Image::create(
+            path,
+            &spec.qcow2,
+        )?))),
         Format::Raw => {
             let file = std::fs::OpenOptions::new()
                 .write(true)

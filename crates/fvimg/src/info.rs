@@ -15,13 +15,14 @@ struct Qcow2Data {
     compat: &'static str,
     #[serde(rename = "compression-type")]
     compression_type: &'static str,
-    #[serde(rename = "lazy-refcounts")]
-    lazy_refcounts: bool,
+    #[serde(rename = "lazy-refcounts", skip_serializing_if = "Option::is_none")]
+    lazy_refcounts: Option<bool>,
     #[serde(rename = "refcount-bits")]
     refcount_bits: u32,
-    corrupt: bool,
-    #[serde(rename = "extended-l2")]
-    extended_l2: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    corrupt: Option<bool>,
+    #[serde(rename = "extended-l2", skip_serializing_if = "Option::is_none")]
+    extended_l2: Option<bool>,
 }
 
 #[derive(Serialize)]
@@ -89,11 +90,11 @@ fn snapshot_json(s: &SnapshotInfo) -> Snapshot {
     }
 }
 
+/// Where a backing file is, and its format if recorded.
+type BackingRef = (PathBuf, Option<Format>);
+
 /// Info of one image, and where its backing file is (path, format).
-fn gather(
-    path: &Path,
-    format: Option<Format>,
-) -> Result<(Info, Option<(PathBuf, Option<Format>)>), Failure> {
+fn gather(path: &Path, format: Option<Format>) -> Result<(Info, Option<BackingRef>), Failure> {
     let image = Image::open(path, format, true, false)?;
     let actual =
         std::fs::metadata(path).map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512)?;
@@ -114,16 +115,17 @@ fn gather(
     if let Image::Qcow2(q) = &image {
         let h = q.header();
         info.cluster_size = Some(h.cluster_size());
+        let v3 = h.version >= 3;
         info.dirty_flag = h.dirty();
         info.format_specific = Some(FormatSpecific {
             kind: "qcow2",
             data: Qcow2Data {
                 compat: if h.version == 2 { "0.10" } else { "1.1" },
                 compression_type: h.compression_type.name(),
-                lazy_refcounts: h.lazy_refcounts(),
+                lazy_refcounts: v3.then(|| h.lazy_refcounts()),
                 refcount_bits: h.refcount_bits(),
-                corrupt: h.corrupt(),
-                extended_l2: h.extended_l2(),
+                corrupt: v3.then(|| h.corrupt()),
+                extended_l2: v3.then(|| h.extended_l2()),
             },
         });
         info.snapshots = snapshots(q)?.iter().map(snapshot_json).collect();
@@ -194,10 +196,14 @@ fn print_human(i: &Info) {
         println!("Format specific information:");
         println!("    compat: {}", d.compat);
         println!("    compression type: {}", d.compression_type);
-        println!("    lazy refcounts: {}", d.lazy_refcounts);
+        if let Some(v) = d.lazy_refcounts {
+            println!("    lazy refcounts: {v}");
+        }
         println!("    refcount bits: {}", d.refcount_bits);
-        println!("    corrupt: {}", d.corrupt);
-        println!("    extended l2: {}", d.extended_l2);
+        if let (Some(c), Some(e)) = (d.corrupt, d.extended_l2) {
+            println!("    corrupt: {c}");
+            println!("    extended l2: {e}");
+        }
     }
 }
 

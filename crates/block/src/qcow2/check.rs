@@ -244,10 +244,8 @@ impl Qcow2Image {
             total_clusters: m.header.size.div_ceil(self.cs()),
             ..Default::default()
         };
-        let stored_max = m.refs.table.len() as u64 * m.refs.entries_per_block();
-        let span = (w.counts.len() as u64).max(0);
         let mut refcount_errors = 0;
-        for c in 0..span.min(stored_max.max(span)) {
+        for c in 0..w.counts.len() as u64 {
             let stored = m.refs.get(&self.file, c)?;
             let counted = w.counts[c as usize] as u64;
             if stored < counted {
@@ -267,16 +265,11 @@ impl Qcow2Image {
                 ));
             }
         }
-        let mut flag_errors = Vec::new();
-        for (at, entry, cluster) in &w.copied {
-            let rc = m.refs.get(&self.file, *cluster)?;
-            let want = rc == 1;
-            if (entry & COPIED != 0) != want {
-                flag_errors.push((*at, *entry, want));
-                report.messages.push(format!(
-                    "ERROR OFLAG_COPIED at {at:#x}: entry {entry:#x} refcount={rc}"
-                ));
-            }
+        let flag_errors = self.copied_errors(&mut m, &w.copied)?;
+        for (at, entry, want) in &flag_errors {
+            report.messages.push(format!(
+                "ERROR OFLAG_COPIED at {at:#x}: entry {entry:#x} wants COPIED={want}"
+            ));
         }
         report.corruptions = w.corruptions + refcount_errors + flag_errors.len() as u64;
         report.messages.append(&mut w.messages);
@@ -288,39 +281,37 @@ impl Qcow2Image {
             .iter()
             .rposition(|c| *c > 0)
             .map_or(0, |c| (c as u64 + 1) * self.cs());
-        let fix_leaks = mode != CheckMode::Report && report.leaks > 0;
-        let fix_all = mode == CheckMode::All && (refcount_errors > 0 || !flag_errors.is_empty());
-        if (fix_leaks && (mode == CheckMode::All || refcount_errors == 0))
-            || (fix_all && refcount_errors > 0)
-        {
-            if self.read_only {
-                return Err(Qcow2Error::Invalid(
-                    "repair needs the image opened for writing".into(),
-                ));
-            }
+        let repair_refcounts = match mode {
+            CheckMode::Report => false,
+            CheckMode::Leaks => report.leaks > 0 && refcount_errors == 0,
+            CheckMode::All => report.leaks > 0 || refcount_errors > 0,
+        };
+        let repair_flags =
+            mode == CheckMode::All && (refcount_errors > 0 || !flag_errors.is_empty());
+        if (repair_refcounts || repair_flags) && self.read_only {
+            return Err(Qcow2Error::Invalid(
+                "repair needs the image opened for writing".into(),
+            ));
+        }
+        if repair_refcounts {
             self.write_refcounts(&mut m, w.counts)?;
             report.leaks_fixed = report.leaks;
             if mode == CheckMode::All {
                 report.corruptions_fixed += refcount_errors;
             }
         }
-        if fix_all && !flag_errors.is_empty() {
-            if self.read_only {
-                return Err(Qcow2Error::Invalid(
-                    "repair needs the image opened for writing".into(),
-                ));
-            }
-            for (at, entry, want) in &flag_errors {
-                let fixed = if *want {
+        if repair_flags {
+            // Against the refcounts as they are now (rebuilt or not).
+            for (at, entry, want) in self.copied_errors(&mut m, &w.copied)? {
+                let fixed = if want {
                     entry | COPIED
                 } else {
                     entry & !COPIED
                 };
-                self.write_at_meta(&fixed.to_be_bytes(), *at, "L1/L2 table")?;
+                self.write_at_meta(&fixed.to_be_bytes(), at, "L1/L2 table")?;
             }
             let l1_off = m.header.l1_table_offset;
-            let l1_len = m.l1.len() as u64 * 8;
-            let mut raw = vec![0u8; l1_len as usize];
+            let mut raw = vec![0u8; m.l1.len() * 8];
             self.pread(&mut raw, l1_off, "L1 table")?;
             m.l1 = raw.chunks_exact(8).map(super::be64).collect();
             m.l2_cache.clear();
@@ -332,6 +323,23 @@ impl Qcow2Image {
                 .map_err(|e| Qcow2Error::io("image", 0, e))?;
         }
         Ok(report)
+    }
+
+    /// Entries whose COPIED flag disagrees with the stored refcount:
+    /// (host offset of the entry, entry, whether COPIED should be set).
+    fn copied_errors(
+        &self,
+        m: &mut Meta,
+        entries: &[(u64, u64, u64)],
+    ) -> Result<Vec<(u64, u64, bool)>, Qcow2Error> {
+        let mut out = Vec::new();
+        for (at, entry, cluster) in entries {
+            let want = m.refs.get(&self.file, *cluster)? == 1;
+            if (entry & COPIED != 0) != want {
+                out.push((*at, *entry, want));
+            }
+        }
+        Ok(out)
     }
 
     /// Rebuilds the refcount structures from the references (for images

@@ -270,6 +270,21 @@ impl Qcow2Image {
             compressed,
             host_offset: host,
         };
+        if let Kind::Data(h) = kind {
+            // Like QEMU, look through to the host file: a hole there reads as zeros.
+            let (zero, n) = self.host_state(h, length);
+            length = n;
+            return Ok(Extent {
+                start: offset,
+                length,
+                depth: 0,
+                present: true,
+                zero,
+                data: true,
+                compressed: false,
+                host_offset: Some(h),
+            });
+        }
         Ok(match kind {
             Kind::Zero => own(true, false, false, None),
             Kind::Data(h) => own(false, true, false, Some(h)),
@@ -306,6 +321,31 @@ impl Qcow2Image {
                 },
             },
         })
+    }
+}
+
+impl Qcow2Image {
+    /// Whether host bytes `[host, host + len)` start in a hole of the image
+    /// file, and for how long that state lasts (at most `len`).
+    fn host_state(&self, host: u64, len: u64) -> (bool, u64) {
+        use std::os::fd::AsRawFd;
+        let seek = |whence| {
+            // SAFETY: lseek on our own descriptor with integer arguments.
+            let r = unsafe { libc::lseek(self.file.as_raw_fd(), host as libc::off_t, whence) };
+            (r >= 0).then_some(r as u64)
+        };
+        match seek(libc::SEEK_DATA) {
+            Some(d) if d <= host => match seek(libc::SEEK_HOLE) {
+                Some(h) if h > host => (false, len.min(h - host)),
+                _ => (false, len),
+            },
+            Some(d) => (true, len.min(d - host)),
+            // ENXIO: no data past `host` (EINVAL: no SEEK_DATA; call it data).
+            None => (
+                std::io::Error::last_os_error().raw_os_error() == Some(libc::ENXIO),
+                len,
+            ),
+        }
     }
 }
 

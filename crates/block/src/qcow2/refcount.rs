@@ -357,17 +357,17 @@ impl Refcounts {
             let off = self.ensure_block(file, bi)?;
             let order = self.order;
             let block = self.cache.get_mut(&off).ok_or_else(|| cache_miss(off))?;
-            let mut dirty = usize::MAX..0;
+            let (mut lo, mut hi) = (usize::MAX, 0);
             for i in index..stop {
                 let slot = (i % epb) as usize;
                 let new = f(get_entry(block, slot, order))?;
                 let r = set_entry(block, slot, order, new);
-                dirty = dirty.start.min(r.start)..dirty.end.max(r.end);
+                (lo, hi) = (lo.min(r.start), hi.max(r.end));
                 if new == 0 {
                     self.free_hint = self.free_hint.min(i);
                 }
             }
-            file.write_all_at(&block[dirty.clone()], off + dirty.start as u64)
+            file.write_all_at(&block[lo..hi], off + lo as u64)
                 .map_err(|e| Qcow2Error::io("refcount block", off, e))?;
             index = stop;
         }
@@ -445,7 +445,7 @@ mod tests {
     fn entries_of_every_width_round_trip() {
         for order in 0..=6u32 {
             let mut block = vec![0u8; 512];
-            let n = 512 * 8 >> order;
+            let n = (512 * 8) >> order;
             let max = max_refcount(order);
             for i in 0..n {
                 set_entry(&mut block, i, order, (i as u64 * 7 + 1) & max);
