@@ -77,6 +77,12 @@ impl Qcow2Image {
     pub(super) fn lookup(&self, m: &mut Meta, guest: u64) -> Result<(Kind, u64), Qcow2Error> {
         let cs = self.cs();
         let in_cluster = guest & (cs - 1);
+        let (l1_idx, _) = self.indices(guest);
+        if m.l1.get(l1_idx).is_none_or(|e| e & OFFSET_MASK == 0) {
+            // No L2 table: the whole stretch it would cover is unallocated.
+            let table_end = ((l1_idx as u64 + 1) * self.l2_entries()) << self.cluster_bits;
+            return Ok((Kind::Unallocated, table_end - guest));
+        }
         let (entry, bitmap) = self.l2_entry(m, guest)?;
         let whole = cs - in_cluster;
         let (l1_idx, l2_idx) = self.indices(guest);
