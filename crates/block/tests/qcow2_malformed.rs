@@ -70,35 +70,61 @@ fn bad_tables_are_named() {
     let l2 = (be64(&good, l1) & 0x00ff_ffff_ffff_fe00) as usize;
     let reftable = be64(&good, 48) as usize;
 
-    patch(&path, &good, l1, &(0x8000_0000_0000_0000u64 | (1 << 40)).to_be_bytes());
+    patch(
+        &path,
+        &good,
+        l1,
+        &(0x8000_0000_0000_0000u64 | (1 << 40)).to_be_bytes(),
+    );
     let e = read_error(&path);
     assert!(e.contains("L1 table") && e.contains("past the end"), "{e}");
 
-    patch(&path, &good, l1, &(0x8000_0000_0000_0000u64 | (l2 as u64 + 512)).to_be_bytes());
+    patch(
+        &path,
+        &good,
+        l1,
+        &(0x8000_0000_0000_0000u64 | (l2 as u64 + 512)).to_be_bytes(),
+    );
     let e = read_error(&path);
-    assert!(e.contains("L1 table") && e.contains("not cluster aligned"), "{e}");
+    assert!(
+        e.contains("L1 table") && e.contains("not cluster aligned"),
+        "{e}"
+    );
 
     let data = be64(&good, l2);
     patch(&path, &good, l2, &(data + 512).to_be_bytes());
     let e = read_error(&path);
-    assert!(e.contains("L2 table") && e.contains("not cluster aligned"), "{e}");
+    assert!(
+        e.contains("L2 table") && e.contains("not cluster aligned"),
+        "{e}"
+    );
 
     // A compressed entry over garbage.
-    patch(&path, &good, l2, &((1u64 << 62) | (l2 as u64 + 8)).to_be_bytes());
+    patch(
+        &path,
+        &good,
+        l2,
+        &((1u64 << 62) | (l2 as u64 + 8)).to_be_bytes(),
+    );
     let e = read_error(&path);
     assert!(e.contains("compressed cluster"), "{e}");
 
     // A refcount block outside the file: writes fail, naming the table.
     patch(&path, &good, reftable, &(1u64 << 45).to_be_bytes());
     let img = Qcow2Image::open(&path, &Qcow2Options::default()).unwrap();
-    let e = block::write_all_at(&img, &[1; 512], 512 << 10).unwrap_err().to_string();
+    let e = block::write_all_at(&img, &[1; 512], 512 << 10)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("refcount table"), "{e}");
     drop(img);
 
     // The L1 table beyond the end of a truncated file.
     std::fs::write(&path, &good[..l1]).unwrap();
     let e = read_error(&path);
-    assert!(e.contains("L1 table") && e.contains("outside the file"), "{e}");
+    assert!(
+        e.contains("L1 table") && e.contains("outside the file"),
+        "{e}"
+    );
 
     // Snapshot table outside the file.
     let mut b = good.clone();
@@ -127,9 +153,17 @@ fn bad_subcluster_bitmaps_are_named() {
     let good = good_image(&path, true);
     let l1 = be64(&good, 40) as usize;
     let l2 = (be64(&good, l1) & 0x00ff_ffff_ffff_fe00) as usize;
-    patch(&path, &good, l2 + 8, &0x0000_0001_0000_0001u64.to_be_bytes());
+    patch(
+        &path,
+        &good,
+        l2 + 8,
+        &0x0000_0001_0000_0001u64.to_be_bytes(),
+    );
     let e = read_error(&path);
-    assert!(e.contains("L2 table") && e.contains("both allocated and zero"), "{e}");
+    assert!(
+        e.contains("L2 table") && e.contains("both allocated and zero"),
+        "{e}"
+    );
     let mut b = good.clone();
     b[l2..l2 + 8].copy_from_slice(&0u64.to_be_bytes());
     std::fs::write(&path, &b).unwrap();

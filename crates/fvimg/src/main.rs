@@ -1,7 +1,8 @@
 //! `fvimg`: disk image tool with qemu-img's command line, exit codes and
 //! JSON field names: create, info, check, convert, compare, map, resize,
-//! snapshot.
+//! snapshot, rebase, commit.
 
+mod chain;
 mod check;
 mod compare;
 mod convert;
@@ -150,6 +151,10 @@ enum Command {
     },
     /// Lists, creates, applies or deletes internal snapshots.
     Snapshot(snapshot::Args),
+    /// Changes the backing file (copying what differs unless -u).
+    Rebase(chain::RebaseArgs),
+    /// Writes the image's own data into its backing file.
+    Commit(chain::CommitArgs),
 }
 
 /// A failure with qemu-img's exit status for it.
@@ -294,5 +299,7 @@ fn run(command: Command) -> Result<u8, Failure> {
             Ok(0)
         }
         Command::Snapshot(args) => snapshot::run(args),
+        Command::Rebase(args) => chain::rebase(args),
+        Command::Commit(args) => chain::commit(args),
     }
 }

@@ -382,3 +382,91 @@ fn compare_map_resize_and_snapshots() {
     assert_eq!(fvimg(&["snapshot", "-d", "nope", &q]).0, 1);
     assert!(Path::new(&q).exists());
 }
+
+#[test]
+fn rebase_and_commit_keep_the_guest_view() {
+    let s = Scratch::new("chain");
+    let base = s.p("base.raw");
+    pattern(&base, 4 << 20, 17);
+    let mid = s.p("mid.qcow2");
+    let top = s.p("top.qcow2");
+    ok(
+        "qemu-img",
+        &[
+            "create", "-q", "-f", "qcow2", "-b", "base.raw", "-F", "raw", &mid,
+        ],
+    );
+    ok(
+        "qemu-io",
+        &[
+            "-c",
+            "write -P 0x61 512k 640k",
+            "-c",
+            "write -z 2M 64k",
+            &mid,
+        ],
+    );
+    ok(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "cluster_size=8k",
+            "-b",
+            "mid.qcow2",
+            "-F",
+            "qcow2",
+            &top,
+        ],
+    );
+    ok(
+        "qemu-io",
+        &[
+            "-c",
+            "write -P 0x62 1M 8k",
+            "-c",
+            "write -P 0x63 3M 100k",
+            &top,
+        ],
+    );
+    let expect = s.p("expect.raw");
+    ok("qemu-img", &["convert", "-O", "raw", &top, &expect]);
+    // Safe rebase onto the base: what mid held is copied into top.
+    ok("fvimg", &["rebase", "-b", "base.raw", "-F", "raw", &top]);
+    assert_clean(&top);
+    assert_same(&top, &expect);
+    let info = json(&ok("qemu-img", &["info", "--output", "json", &top]));
+    assert_eq!(info["backing-filename"], "base.raw");
+    assert_eq!(info["backing-filename-format"], "raw");
+    // Unsafe rebase only renames.
+    ok(
+        "fvimg",
+        &["rebase", "-u", "-b", "other.raw", "-F", "raw", &top],
+    );
+    let info = json(&ok("qemu-img", &["info", "--output", "json", &top]));
+    assert_eq!(info["backing-filename"], "other.raw");
+    ok(
+        "fvimg",
+        &["rebase", "-u", "-b", "base.raw", "-F", "raw", &top],
+    );
+    assert_clean(&top);
+    // Commit into the base; the top is emptied.
+    ok("fvimg", &["commit", &top]);
+    assert_same(&base, &expect);
+    assert_same(&top, &expect);
+    assert_clean(&top);
+    let map = json(&ok("qemu-img", &["map", "--output", "json", &top]));
+    assert!(
+        map.as_array().unwrap().iter().all(|e| e["depth"] == 1),
+        "emptied: {map}"
+    );
+    // Rebase onto nothing: the top becomes standalone.
+    ok("fvimg", &["rebase", "-b", "", &top]);
+    assert_clean(&top);
+    assert_same(&top, &expect);
+    let info = json(&ok("qemu-img", &["info", "--output", "json", &top]));
+    assert!(info.get("backing-filename").is_none(), "{info}");
+}

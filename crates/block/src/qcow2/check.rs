@@ -72,7 +72,7 @@ impl Walk {
             return;
         }
         let first = host >> cs_bits;
-        let last = (host + len - 1) >> cs_bits;
+        let last = host.saturating_add(len - 1) >> cs_bits;
         if last >= self.counts.len() as u64 {
             self.corruptions += 1;
             self.messages.push(format!(

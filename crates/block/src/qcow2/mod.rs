@@ -449,6 +449,37 @@ impl Qcow2Image {
     }
 }
 
+impl Qcow2Image {
+    /// Makes every cluster of the image unallocated again (reads then come
+    /// from the backing file), as `commit` leaves the top image.
+    pub fn make_empty(&self) -> io::Result<()> {
+        self.check_writable()?;
+        let mut m = self.lock();
+        let size = m.header.size;
+        self.zero_locked(&mut m, 0, size, true)?;
+        Ok(())
+    }
+
+    /// Records a new backing file name and format in the header (`None`:
+    /// no backing file). The opened backing chain is not changed; the next
+    /// open follows the new name.
+    pub fn set_backing(&self, name: Option<&str>, format: Option<&str>) -> io::Result<()> {
+        self.check_writable()?;
+        let mut m = self.lock();
+        let mut h = m.header.clone();
+        h.backing_file = name.map(str::to_string);
+        h.backing_format = format.map(str::to_string);
+        h.refcount_table_offset = m.refs.table_offset;
+        h.refcount_table_clusters = m.refs.table_clusters;
+        let bytes = h.serialize()?;
+        self.file.sync_data()?;
+        self.write_at_meta(&bytes, 0, "header")?;
+        self.file.sync_data()?;
+        m.header = h;
+        Ok(())
+    }
+}
+
 /// Where a backing file name points, relative to the image's directory.
 pub fn resolve_backing(image: &Path, name: &str) -> PathBuf {
     let p = Path::new(name);
@@ -529,7 +560,8 @@ impl DiskFile for Qcow2Image {
                 "zeroing past the end of the disk",
             ));
         }
-        self.zero_locked(&mut m, offset, len, unmap)?;
+        let _ = unmap; // whole clusters are always deallocated
+        self.zero_locked(&mut m, offset, len, false)?;
         Ok(())
     }
 

@@ -257,7 +257,7 @@ impl Qcow2Image {
         m: &mut Meta,
         offset: u64,
         len: u64,
-        _unmap: bool,
+        deallocate: bool,
     ) -> Result<(), Qcow2Error> {
         let cs = self.cs();
         let size = m.header.size;
@@ -288,7 +288,8 @@ impl Qcow2Image {
                 }
                 run_end = next;
             }
-            let v2_backed = m.header.version < 3 && !self.extended && self.backing.is_some();
+            let v2_backed =
+                !deallocate && m.header.version < 3 && !self.extended && self.backing.is_some();
             if v2_backed {
                 // Version 2 has no zero flag: store zeros over the backing data.
                 let zeros = vec![0u8; (run_end - cluster) as usize];
@@ -296,7 +297,7 @@ impl Qcow2Image {
                 g = run_end;
                 continue;
             }
-            let new = match (self.extended, self.backing.is_some()) {
+            let new = match (self.extended, self.backing.is_some() && !deallocate) {
                 (true, true) => (0, ALL_ZERO),
                 (false, true) => (ZERO, 0),
                 (_, false) => (0, 0),
