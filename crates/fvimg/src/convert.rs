@@ -2,7 +2,9 @@
 //! reading only what the source's allocation map says holds data, skipping
 //! zero stretches (`-S`), compressing clusters on all cores (`-c`).
 
+use std::io;
 use std::path::PathBuf;
+use std::sync::mpsc;
 use std::time::Duration;
 
 use block::Format;
@@ -111,6 +113,41 @@ fn write_compressed(q: &block::Qcow2Image, buf: &[u8], at: u64, cs: usize) -> Re
     Ok(())
 }
 
+/// Writes one piece read from the source at guest `at`.
+#[allow(clippy::too_many_arguments)]
+fn write_piece(
+    dst: &Image,
+    b: &[u8],
+    at: u64,
+    size: u64,
+    cs: usize,
+    granularity: usize,
+    sparse: usize,
+    compress: bool,
+) -> Result<(), Failure> {
+    let len = b.len() as u64;
+    match dst {
+        Image::Qcow2(q) if compress => {
+            let head = (at % cs as u64) as usize;
+            if head != 0 || (len as usize % cs != 0 && at + len != size) {
+                // A partial cluster (source map finer than our clusters): plain write.
+                let g = if sparse == 0 { 0 } else { 512 };
+                for (o, n) in nonzero_runs(b, g) {
+                    dst.write_all_at(&b[o..o + n], at + o as u64)?;
+                }
+            } else {
+                write_compressed(q, b, at, cs)?;
+            }
+        }
+        _ => {
+            for (o, n) in nonzero_runs(b, granularity) {
+                dst.write_all_at(&b[o..o + n], at + o as u64)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Runs `convert`.
 pub fn run(args: Args) -> Result<u8, Failure> {
     let src = Image::open(&args.src, args.format, true, true)
@@ -119,6 +156,7 @@ pub fn run(args: Args) -> Result<u8, Failure> {
     let mut spec = CreateSpec::default();
     parse_options(&args.options, &mut spec)?;
     spec.qcow2.size = size;
+    spec.qcow2.no_sync = args.cache == "unsafe";
     if args.compress && args.out_format != Format::Qcow2 {
         return Err(format!("{} images cannot be compressed", args.out_format).into());
     }
@@ -150,40 +188,43 @@ pub fn run(args: Args) -> Result<u8, Failure> {
     } else {
         ProgressBar::hidden()
     };
-    let mut buf = vec![0u8; CHUNK as usize];
+    // The pieces to copy: data stretches cut at CHUNK boundaries, so that
+    // compressed clusters stay whole.
+    let mut plan = Vec::new();
     for e in map.iter().filter(|e| !e.zero) {
         let mut at = e.start;
-        let end = e.start + e.length;
-        while at < end {
-            // Chunks end on CHUNK boundaries so compressed clusters stay whole.
-            let len = (CHUNK - at % CHUNK).min(end - at);
-            let b = &mut buf[..len as usize];
-            src.read_exact_at(b, at)?;
-            match &dst {
-                Image::Qcow2(q) if args.compress => {
-                    let head = (at % cs as u64) as usize;
-                    if head != 0 || (len as usize % cs != 0 && at + len != size) {
-                        // A partial cluster (source map finer than our clusters): plain write.
-                        for (o, n) in nonzero_runs(
-                            b,
-                            granularity.min(512).max(if sparse == 0 { 0 } else { 512 }),
-                        ) {
-                            dst.write_all_at(&b[o..o + n], at + o as u64)?;
-                        }
-                    } else {
-                        write_compressed(q, b, at, cs)?;
-                    }
-                }
-                _ => {
-                    for (o, n) in nonzero_runs(b, granularity) {
-                        dst.write_all_at(&b[o..o + n], at + o as u64)?;
-                    }
-                }
-            }
-            bar.inc(len);
+        while at < e.start + e.length {
+            let len = (CHUNK - at % CHUNK).min(e.start + e.length - at);
+            plan.push((at, len));
             at += len;
         }
     }
+    // A reader thread fills buffers while this thread writes (two cores
+    // copy into and out of the page cache at once).
+    let (full_tx, full_rx) = mpsc::sync_channel::<io::Result<(u64, Vec<u8>)>>(2);
+    let (empty_tx, empty_rx) = mpsc::channel::<Vec<u8>>();
+    std::thread::scope(|s| -> Result<(), Failure> {
+        let src = &src;
+        let plan = &plan;
+        s.spawn(move || {
+            for &(at, len) in plan {
+                let mut buf = empty_rx.try_recv().unwrap_or_default();
+                buf.resize(len as usize, 0);
+                let msg = src.read_exact_at(&mut buf, at).map(|()| (at, buf));
+                if full_tx.send(msg).is_err() {
+                    return;
+                }
+            }
+        });
+        for msg in full_rx {
+            let (at, b) = msg?;
+            let len = b.len() as u64;
+            write_piece(&dst, &b, at, size, cs, granularity, sparse, args.compress)?;
+            bar.inc(len);
+            let _ = empty_tx.send(b);
+        }
+        Ok(())
+    })?;
     bar.finish_and_clear();
     if args.cache != "unsafe" {
         dst.flush()?;

@@ -318,9 +318,7 @@ impl Qcow2Image {
             report.corruptions_fixed += flag_errors.len() as u64;
         }
         if report.leaks_fixed > 0 || report.corruptions_fixed > 0 {
-            self.file
-                .sync_data()
-                .map_err(|e| Qcow2Error::io("image", 0, e))?;
+            self.sync().map_err(|e| Qcow2Error::io("image", 0, e))?;
         }
         Ok(report)
     }
@@ -431,16 +429,13 @@ impl Qcow2Image {
             table[(b * 8) as usize..(b * 8 + 8) as usize].copy_from_slice(&off.to_be_bytes());
         }
         self.write_at_meta(&table, table_off, "refcount table")?;
-        self.file
-            .sync_data()
+        self.sync()
             .map_err(|e| Qcow2Error::io("refcount table", table_off, e))?;
         let mut fields = [0u8; 12];
         fields[..8].copy_from_slice(&table_off.to_be_bytes());
         fields[8..].copy_from_slice(&(table_clusters as u32).to_be_bytes());
         self.write_at_meta(&fields, 48, "header")?;
-        self.file
-            .sync_data()
-            .map_err(|e| Qcow2Error::io("header", 48, e))?;
+        self.sync().map_err(|e| Qcow2Error::io("header", 48, e))?;
         m.refs.table = table.chunks_exact(8).map(super::be64).collect();
         m.refs.table_offset = table_off;
         m.refs.table_clusters = table_clusters as u32;

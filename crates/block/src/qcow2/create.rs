@@ -64,6 +64,9 @@ pub struct CreateOptions {
     pub backing_file: Option<String>,
     /// Backing file format.
     pub backing_format: Option<String>,
+    /// Never fdatasync the new image (qemu-img's cache=unsafe: for tools
+    /// that write a whole image and would redo it after a crash).
+    pub no_sync: bool,
 }
 
 impl Default for CreateOptions {
@@ -79,6 +82,7 @@ impl Default for CreateOptions {
             preallocation: Preallocation::Off,
             backing_file: None,
             backing_format: None,
+            no_sync: false,
         }
     }
 }
@@ -190,12 +194,15 @@ impl Qcow2Image {
             super::refcount::set_entry(&mut block, i, refcount_order, 1);
         }
         file.write_all_at(&block, 2 * cs)?;
-        file.sync_data()?;
+        if !options.no_sync {
+            file.sync_data()?;
+        }
         drop(file);
         let image = Qcow2Image::open(
             path,
             &Qcow2Options {
                 open_backing: false,
+                no_sync: options.no_sync,
                 ..Default::default()
             },
         )?;
@@ -206,7 +213,7 @@ impl Qcow2Image {
     }
 
     fn flush_all(&self) -> io::Result<()> {
-        self.file.sync_data()
+        self.sync()
     }
 
     /// Grows the guest size to `new_size` bytes (shrinking is refused).
@@ -222,7 +229,7 @@ impl Qcow2Image {
         self.grow_l1(&mut m, new_size)?;
         self.write_at_meta(&new_size.to_be_bytes(), 24, "header")?;
         m.header.size = new_size;
-        self.file.sync_data()?;
+        self.sync()?;
         Ok(())
     }
 
@@ -244,16 +251,13 @@ impl Qcow2Image {
         let mut raw: Vec<u8> = l1.iter().flat_map(|e| e.to_be_bytes()).collect();
         raw.resize((clusters * cs) as usize, 0);
         self.write_at_meta(&raw, new_off, "L1 table")?;
-        self.file
-            .sync_data()
+        self.sync()
             .map_err(|e| Qcow2Error::io("L1 table", new_off, e))?;
         let mut fields = [0u8; 12];
         fields[..4].copy_from_slice(&(needed as u32).to_be_bytes());
         fields[4..].copy_from_slice(&new_off.to_be_bytes());
         self.write_at_meta(&fields, 36, "header")?;
-        self.file
-            .sync_data()
-            .map_err(|e| Qcow2Error::io("header", 36, e))?;
+        self.sync().map_err(|e| Qcow2Error::io("header", 36, e))?;
         let (old_off, old_len) = (m.header.l1_table_offset, m.l1.len() as u64);
         m.l1 = l1;
         m.header.l1_size = needed as u32;

@@ -133,6 +133,8 @@ pub struct Qcow2Options {
     pub open_backing: bool,
     /// Deepest backing chain accepted.
     pub max_backing_depth: u32,
+    /// Never fdatasync, not even on flush (qemu-img's cache=unsafe).
+    pub no_sync: bool,
 }
 
 impl Default for Qcow2Options {
@@ -143,6 +145,7 @@ impl Default for Qcow2Options {
             refcount_cache_blocks: 32,
             open_backing: true,
             max_backing_depth: MAX_BACKING_DEPTH,
+            no_sync: false,
         }
     }
 }
@@ -164,6 +167,7 @@ pub struct Qcow2Image {
     file: File,
     path: PathBuf,
     read_only: bool,
+    no_sync: bool,
     cluster_bits: u32,
     extended: bool,
     backing: Option<Box<dyn DiskFile>>,
@@ -222,7 +226,7 @@ impl Qcow2Image {
         file.read_exact_at(&mut raw_l1, header.l1_table_offset)
             .map_err(|e| Qcow2Error::io("L1 table", header.l1_table_offset, e))?;
         let l1 = raw_l1.chunks_exact(8).map(be64).collect();
-        let refs = Refcounts::load(
+        let mut refs = Refcounts::load(
             &file,
             header.refcount_order,
             cluster_bits,
@@ -231,6 +235,7 @@ impl Qcow2Image {
             file_len,
             options.refcount_cache_blocks,
         )?;
+        refs.no_sync = options.no_sync;
         let backing = match (&header.backing_file, options.open_backing) {
             (Some(name), true) => {
                 if depth + 1 > options.max_backing_depth {
@@ -270,6 +275,7 @@ impl Qcow2Image {
             file,
             path: path.to_path_buf(),
             read_only: options.read_only,
+            no_sync: options.no_sync,
             cluster_bits,
             extended,
             backing,
@@ -307,6 +313,15 @@ impl Qcow2Image {
             }
         }
         Ok(image)
+    }
+
+    /// fdatasync, unless the image was opened with `no_sync`.
+    fn sync(&self) -> io::Result<()> {
+        if self.no_sync {
+            Ok(())
+        } else {
+            self.file.sync_data()
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Meta> {
@@ -472,9 +487,9 @@ impl Qcow2Image {
         h.refcount_table_offset = m.refs.table_offset;
         h.refcount_table_clusters = m.refs.table_clusters;
         let bytes = h.serialize()?;
-        self.file.sync_data()?;
+        self.sync()?;
         self.write_at_meta(&bytes, 0, "header")?;
-        self.file.sync_data()?;
+        self.sync()?;
         m.header = h;
         Ok(())
     }
@@ -544,7 +559,7 @@ impl DiskFile for Qcow2Image {
 
     fn flush(&self) -> io::Result<()> {
         let _m = self.lock();
-        self.file.sync_data()
+        self.sync()
     }
 
     fn discard(&self, offset: u64, len: u64) -> io::Result<()> {

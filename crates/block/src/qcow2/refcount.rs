@@ -92,6 +92,8 @@ pub struct Refcounts {
     pub file_end: u64,
     /// Lowest cluster index that may be free.
     free_hint: u64,
+    /// Skip fdatasync (qemu-img's cache=unsafe).
+    pub no_sync: bool,
 }
 
 impl Refcounts {
@@ -126,6 +128,7 @@ impl Refcounts {
             ),
             file_end: file_len.div_ceil(cs) * cs,
             free_hint: 0,
+            no_sync: false,
         })
     }
 
@@ -284,16 +287,24 @@ impl Refcounts {
         self.write_table(file)?;
         let first = t_off >> self.cluster_bits;
         self.set_range(file, first, t_clusters + new_blocks.len() as u64, 1)?;
-        file.sync_data()
+        self.sync(file)
             .map_err(|e| Qcow2Error::io("refcount table", t_off, e))?;
         let mut fields = [0u8; 12];
         fields[..8].copy_from_slice(&t_off.to_be_bytes());
         fields[8..].copy_from_slice(&(t_clusters as u32).to_be_bytes());
         file.write_all_at(&fields, 48)
             .map_err(|e| Qcow2Error::io("header", 48, e))?;
-        file.sync_data()
+        self.sync(file)
             .map_err(|e| Qcow2Error::io("header", 48, e))?;
         self.set_range(file, old.0 >> self.cluster_bits, old.1 as u64, 0)
+    }
+
+    fn sync(&self, file: &File) -> std::io::Result<()> {
+        if self.no_sync {
+            Ok(())
+        } else {
+            file.sync_data()
+        }
     }
 
     /// Writes the whole in-memory table at its offset.

@@ -279,8 +279,7 @@ impl Qcow2Image {
             self.write_at_meta(&raw, off, "snapshot table")?;
             off
         };
-        self.file
-            .sync_data()
+        self.sync()
             .map_err(|e| Qcow2Error::io("snapshot table", off, e))?;
         let mut fields = [0u8; 12];
         fields[..4].copy_from_slice(&(snaps.len() as u32).to_be_bytes());
@@ -368,7 +367,7 @@ impl Qcow2Image {
             extra: Vec::new(),
         });
         self.replace_table(&mut m, &snaps)?;
-        self.file.sync_data()?;
+        self.sync()?;
         Ok(())
     }
 
@@ -396,7 +395,7 @@ impl Qcow2Image {
             .flat_map(|e| (e & !COPIED).to_be_bytes())
             .collect();
         self.write_at_meta(&bytes, m.header.l1_table_offset, "L1 table")?;
-        self.file.sync_data()?;
+        self.sync()?;
         m.l1 = new.iter().map(|e| e & !COPIED).collect();
         self.tree_refs(&mut m, &old, -1)?;
         if s.disk_size != 0 && s.disk_size != m.header.size {
@@ -406,7 +405,7 @@ impl Qcow2Image {
         self.fix_copied(&mut m)?;
         m.compressed_cache = None;
         m.compressed_cursor = 0;
-        self.file.sync_data()?;
+        self.sync()?;
         Ok(())
     }
 
@@ -420,7 +419,7 @@ impl Qcow2Image {
         self.pread(&mut raw, s.l1_table_offset, "snapshot L1 table")?;
         let snap_l1: Vec<u64> = raw.chunks_exact(8).map(super::be64).collect();
         self.replace_table(&mut m, &snaps)?;
-        self.file.sync_data()?;
+        self.sync()?;
         self.tree_refs(&mut m, &snap_l1, -1)?;
         if s.l1_size > 0 {
             let n = (s.l1_size as u64 * 8).div_ceil(self.cs());
@@ -428,7 +427,7 @@ impl Qcow2Image {
                 .add_range(&self.file, s.l1_table_offset >> self.cluster_bits, n, -1)?;
         }
         self.fix_copied(&mut m)?;
-        self.file.sync_data()?;
+        self.sync()?;
         Ok(())
     }
 }
