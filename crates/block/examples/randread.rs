@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use block::{open_image, DiskFile, ImageOptions};
+use block::{open_image, ImageOptions};
 use vm_memory::VolatileSlice;
 
 fn main() -> std::io::Result<()> {
