@@ -14,6 +14,12 @@ Rows (each tool --runs times, alternating run by run, medians):
   and, through crates/block/examples/randread.rs, randread-4k-qcow2 and
   randread-4k-raw (--reads reads at the same offsets).
 
+Each convert row is first run once per tool untimed (--no-warmup skips
+that); before every timed run os.sync() settles the previous run's
+writeback and the source is read whole into the page cache. MiB/s is the input size
+over the wall time. The CPU column is user + system time of the tool and
+its threads: on a busy shared host it varies less than the wall time.
+
 Both tools run with their defaults: qemu-img convert's destination cache
 mode is "unsafe" (no flush), and so is fvimg's. The page cache holds the
 inputs after the first run (the machine has the memory); every row reads
@@ -62,14 +68,26 @@ def make_inputs(d, size):
                    check=True)
 
 
+def warm(path):
+    """Reads `path` whole, so both tools start from a source in the page
+    cache (on this host a file not read for a while comes back slowly,
+    which would land on whichever tool runs first)."""
+    with open(path, "rb", buffering=0) as f:
+        buf = bytearray(8 * MIB)
+        while f.readinto(buf):
+            pass
+
+
 def convert(tool, args, d, row):
     src, extra = CONVERT_ROWS[row]
     dst = os.path.join(d, "dst.img")
     exe = args.fvimg if tool == "fvimg" else args.qemu_img
     cmd = [exe, "convert"] + extra + [os.path.join(d, src), dst]
     os.sync()  # the previous run's writeback does not land in this one
+    warm(os.path.join(d, src))
     run = run_process(cmd, args.timeout)
-    result = {"row": row, "tool": tool, "ok": False, "s": None, "mib_s": None, "error": None}
+    result = {"row": row, "tool": tool, "ok": False, "s": None, "cpu_s": run.cpu_s, "mib_s": None,
+              "error": None}
     if run.error or run.timed_out or run.status != 0:
         result["error"] = run.error or (f"timeout after {args.timeout} s" if run.timed_out
                                         else f"exit status {run.status}: "
@@ -106,6 +124,17 @@ def randread(args, d, row):
     return result
 
 
+def warm_up(args, d, rows):
+    """One untimed run of every convert row with each tool: the first
+    writer after the inputs were made pays for page cache and writeback
+    work that no later run sees."""
+    for row in rows:
+        if row in CONVERT_ROWS:
+            for tool in TOOLS:
+                r = convert(tool, args, d, row)
+                print(f"warm-up {row} {tool}: {fmt(r['s'], 2)} s {r['error'] or ''}", file=sys.stderr)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=3)
@@ -119,6 +148,7 @@ def main():
     ap.add_argument("--qemu-img", default="qemu-img")
     ap.add_argument("--json", help="write every run here")
     ap.add_argument("--no-build", action="store_true")
+    ap.add_argument("--no-warmup", dest="warmup", action="store_false")
     args = ap.parse_args()
     rows = parse_list(ap, args.rows, list(CONVERT_ROWS) + list(READ_ROWS), "row")
     if not args.no_build:
@@ -131,6 +161,8 @@ def main():
     try:
         print(f"making inputs in {d} ({args.size / MIB:.0f} MiB raw) ...", file=sys.stderr)
         make_inputs(d, args.size)
+        if args.warmup:
+            warm_up(args, d, rows)
         for i in range(args.runs):
             for row in rows:
                 if row in CONVERT_ROWS:
@@ -138,8 +170,8 @@ def main():
                     for tool in order:
                         r = convert(tool, args, d, row)
                         results.append(r)
-                        print(f"run {i + 1} {row} {tool}: {fmt(r['s'], 2)} s {r['error'] or ''}",
-                              file=sys.stderr)
+                        print(f"run {i + 1} {row} {tool}: {fmt(r['s'], 2)} s "
+                              f"(CPU {fmt(r['cpu_s'], 2)} s) {r['error'] or ''}", file=sys.stderr)
                 else:
                     r = randread(args, d, row)
                     results.append(r)
@@ -151,14 +183,16 @@ def main():
         os.rmdir(d)
     print(f"\nhost: {platform.node()} {os.cpu_count()} CPUs; input {args.size / MIB:.0f} MiB, "
           f"{args.runs} runs, medians\n")
-    print("| row | fvimg s | qemu-img s | fvimg MiB/s | qemu-img MiB/s | qemu-img / fvimg time |")
-    print("|---|---|---|---|---|---|")
+    print("| row | fvimg s | qemu-img s | fvimg MiB/s | qemu-img MiB/s | qemu-img / fvimg time "
+          "| fvimg CPU s | qemu-img CPU s |")
+    print("|---|---|---|---|---|---|---|---|")
     for row in [r for r in rows if r in CONVERT_ROWS]:
         f = [r for r in results if r["row"] == row and r["tool"] == "fvimg" and r["ok"]]
         q = [r for r in results if r["row"] == row and r["tool"] == "qemu-img" and r["ok"]]
         fs, qs = median([r["s"] for r in f]), median([r["s"] for r in q])
         print(f"| {row} | {fmt(fs, 2)} | {fmt(qs, 2)} | {fmt(median([r['mib_s'] for r in f]), 0)} | "
-              f"{fmt(median([r['mib_s'] for r in q]), 0)} | {fmt_ratio(ratio(qs, fs))} |")
+              f"{fmt(median([r['mib_s'] for r in q]), 0)} | {fmt_ratio(ratio(qs, fs))} | "
+              f"{fmt(median([r['cpu_s'] for r in f]), 2)} | {fmt(median([r['cpu_s'] for r in q]), 2)} |")
     reads = [r for r in rows if r in READ_ROWS]
     if reads:
         print("\n| row (block crate) | IOPS | MiB/s |")

@@ -69,7 +69,10 @@ pub fn run(
     output: Output,
     quiet: bool,
 ) -> Result<u8, Failure> {
-    let image = Image::open(path, format, repair.is_none(), false)?;
+    let image = match repair {
+        None => Image::open(path, format, true, false)?,
+        Some(_) => Image::open_for_repair(path, format)?,
+    };
     let Image::Qcow2(q) = &image else {
         return Err(Failure {
             message: format!(

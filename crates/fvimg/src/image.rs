@@ -26,6 +26,21 @@ impl Image {
         read_only: bool,
         backing: bool,
     ) -> io::Result<Image> {
+        Self::open_with(path, format, read_only, backing, false)
+    }
+
+    /// Opens `path` for `check -r` (an image marked corrupt may be written).
+    pub fn open_for_repair(path: &Path, format: Option<Format>) -> io::Result<Image> {
+        Self::open_with(path, format, false, false, true)
+    }
+
+    fn open_with(
+        path: &Path,
+        format: Option<Format>,
+        read_only: bool,
+        backing: bool,
+        for_repair: bool,
+    ) -> io::Result<Image> {
         let format = match format {
             Some(f) => f,
             None => block::image::probe(path)?,
@@ -50,6 +65,7 @@ impl Image {
                     read_only,
                     open_backing: backing,
                     l2_cache_tables: 1024,
+                    for_repair,
                     ..Default::default()
                 },
             )?))),
@@ -190,7 +206,8 @@ pub fn create(path: &Path, format: Format, spec: &CreateSpec) -> io::Result<Imag
                 .create(true)
                 .truncate(true)
                 .open(path)?;
-            let size = spec.qcow2.size;
+            // Sizes round up to whole sectors, as qemu-img's do.
+            let size = spec.qcow2.size.div_ceil(512) * 512;
             match spec.raw_prealloc.unwrap_or_default() {
                 Preallocation::Off => file.set_len(size)?,
                 Preallocation::Metadata => {

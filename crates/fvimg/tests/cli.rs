@@ -470,3 +470,21 @@ fn rebase_and_commit_keep_the_guest_view() {
     let info = json(&ok("qemu-img", &["info", "--output", "json", &top]));
     assert!(info.get("backing-filename").is_none(), "{info}");
 }
+
+#[test]
+fn repair_clears_the_corrupt_mark() {
+    let s = Scratch::new("corrupt-mark");
+    let img = s.p("m.qcow2");
+    ok("qemu-img", &["create", "-q", "-f", "qcow2", &img, "1M"]);
+    let mut b = std::fs::read(&img).unwrap();
+    b[79] |= 2; // incompatible features: corrupt
+    std::fs::write(&img, &b).unwrap();
+    // Writers refuse it; qemu-img and fvimg read it.
+    assert_ne!(exec("qemu-io", &["-c", "write 0 512", &img]).0, 0);
+    let info = json(&ok("fvimg", &["info", "--output", "json", &img]));
+    assert_eq!(info["format-specific"]["data"]["corrupt"], true);
+    ok("fvimg", &["check", "-r", "all", &img]);
+    let info = json(&ok("qemu-img", &["info", "--output", "json", &img]));
+    assert_eq!(info["format-specific"]["data"]["corrupt"], false);
+    ok("qemu-io", &["-c", "write 0 512", &img]);
+}

@@ -317,6 +317,13 @@ impl Qcow2Image {
             m.l2_cache.clear();
             report.corruptions_fixed += flag_errors.len() as u64;
         }
+        let all_fixed = report.corruptions_fixed == report.corruptions && w.corruptions == 0;
+        if mode == CheckMode::All && m.header.corrupt() && all_fixed {
+            m.header.incompatible_features &= !super::header::INCOMPAT_CORRUPT;
+            // Nothing is left to fix: the image is consistent again (as QEMU does).
+            self.write_incompatible(&m)?;
+            self.sync().map_err(|e| Qcow2Error::io("header", 72, e))?;
+        }
         if report.leaks_fixed > 0 || report.corruptions_fixed > 0 {
             self.sync().map_err(|e| Qcow2Error::io("image", 0, e))?;
         }

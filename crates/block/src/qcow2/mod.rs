@@ -135,6 +135,9 @@ pub struct Qcow2Options {
     pub max_backing_depth: u32,
     /// Never fdatasync, not even on flush (qemu-img's cache=unsafe).
     pub no_sync: bool,
+    /// Open for `check -r`: an image marked corrupt may be opened for
+    /// writing (a repair that leaves nothing to fix clears the mark).
+    pub for_repair: bool,
 }
 
 impl Default for Qcow2Options {
@@ -146,6 +149,7 @@ impl Default for Qcow2Options {
             open_backing: true,
             max_backing_depth: MAX_BACKING_DEPTH,
             no_sync: false,
+            for_repair: false,
         }
     }
 }
@@ -209,7 +213,7 @@ impl Qcow2Image {
         let cluster_bits = header.cluster_bits;
         let cs = header.cluster_size();
         if !options.read_only {
-            if header.corrupt() {
+            if header.corrupt() && !options.for_repair {
                 return Err(Qcow2Error::Invalid(
                     "image is marked corrupt; open it read-only or repair it".into(),
                 )
