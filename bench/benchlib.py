@@ -78,6 +78,7 @@ class Run:
         self.out = None
         self.err = None
         self.rss_kib = None
+        self.cpu_s = None  # user + system time of the process and its threads
         self.timed_out = False
         self.error = None
 
@@ -126,8 +127,9 @@ def run_process(cmd, timeout):
     timer.start()
     hwm = HighWaterMark(proc.pid)
     hwm.start()
-    _, wstatus, _ = os.wait4(proc.pid, 0)
+    _, wstatus, rusage = os.wait4(proc.pid, 0)
     run.exit_ns = time.perf_counter_ns()
+    run.cpu_s = rusage.ru_utime + rusage.ru_stime
     timer.cancel()
     proc.returncode = os.waitstatus_to_exitcode(wstatus)  # reaped: keep Popen quiet
     run.out.join(5)

@@ -1,9 +1,13 @@
 //! Disk images for Ferrovisor's block devices and image tools, behind one
-//! [`DiskFile`] trait. Today: raw files and block devices. The crate knows
+//! [`DiskFile`] trait: raw files and block devices, qcow2. The crate knows
 //! nothing of virtio or VMs, so tools and fuzz targets can use it alone.
 
+pub mod image;
+pub mod qcow2;
 pub mod raw;
 
+pub use image::{open_image, Format, ImageOptions};
+pub use qcow2::Qcow2Image;
 pub use raw::{OpenOptions, RawFile};
 
 use std::io;
@@ -138,4 +142,15 @@ pub fn write_all_vectored_at(
     transfer_all(bufs, offset, io::ErrorKind::WriteZero, |b, o| {
         disk.write_vectored_at(b, o)
     })
+}
+
+/// Fills `buf` from `offset` of `disk`, failing at the end of the disk.
+pub fn read_exact_at(disk: &dyn DiskFile, buf: &mut [u8], offset: u64) -> io::Result<()> {
+    read_exact_vectored_at(disk, &[VolatileSlice::from(buf)], offset)
+}
+
+/// Writes all of `buf` at `offset` of `disk`.
+pub fn write_all_at(disk: &dyn DiskFile, buf: &[u8], offset: u64) -> io::Result<()> {
+    let mut copy = buf.to_vec();
+    write_all_vectored_at(disk, &[VolatileSlice::from(&mut copy[..])], offset)
 }

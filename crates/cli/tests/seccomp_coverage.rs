@@ -216,6 +216,21 @@ fn every_call_a_filter_allows_is_made_by_that_kind_of_thread() {
     let dir = TempDir::new("seccomp-coverage");
 
     // Disk, entropy and balloon drivers, each with its worker threads.
+    // A qcow2 disk: its metadata is read and written with pread64/pwrite64.
+    let top = dir.join("top.qcow2");
+    let made = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&top)
+        .arg("64M")
+        .status()
+        .expect("qemu-img");
+    assert!(made.success());
+    let mut cmd = ferrovisor(&probe());
+    cmd.args(["--cmdline", "probe=blk", "--memory", "size=256M", "--disk"]);
+    cmd.arg(format!("path={},image_type=qcow2", top.display()));
+    let out = run_traced(&dir, "qcow2", cmd, &mut seen);
+    assert_eq!(out.code(), debug_exit(0), "qcow2: {out:#?}");
+
     for (tag, program) in [
         ("blk", "probe=blk"),
         ("rng", "probe=rng"),

@@ -151,3 +151,75 @@ fn missing_disk_is_a_configuration_error() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--disk"));
 }
+
+#[test]
+fn qcow2_disk_with_a_backing_file() {
+    if !require_kvm() {
+        return;
+    }
+    let dir = TempDir::new("blk-qcow2");
+    let base = image(&dir, 64 << 20);
+    let base_before = std::fs::read(&base).unwrap();
+    let top = dir.join("top.qcow2");
+    let status = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+        .arg(&base)
+        .arg(&top)
+        .status()
+        .expect("qemu-img");
+    assert!(status.success());
+    let out = run_blk(&top, ",image_type=qcow2", "probe=blk");
+    assert_eq!(out.code(), debug_exit(0), "{out:#?}");
+    assert_eq!(
+        out.line("probe: blk head="),
+        Some("probe: blk head=FERROVISOR-DISK!"),
+        "reads fall through to the backing file"
+    );
+    assert!(out.line("probe: blk write+read bytes=1048576 ok").is_some());
+    assert_eq!(
+        out.line("probe: blk discard"),
+        Some("probe: blk discard status=0")
+    );
+    assert_eq!(
+        out.line("probe: blk write-zeroes"),
+        Some("probe: blk write-zeroes status=0")
+    );
+    // qemu-img finds the image consistent and reads what the guest wrote.
+    let check = std::process::Command::new("qemu-img")
+        .arg("check")
+        .arg(&top)
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{check:?}");
+    let flat = dir.join("flat.raw");
+    let status = std::process::Command::new("qemu-img")
+        .args(["convert", "-O", "raw"])
+        .arg(&top)
+        .arg(&flat)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let content = std::fs::read(&flat).unwrap();
+    for sector in 64u64..64 + 2048 {
+        let word = (sector ^ 0x5a5a_5a5a_5a5a_5a5a).to_le_bytes();
+        let s = &content[(sector * 512) as usize..((sector + 1) * 512) as usize];
+        assert!(s.chunks(8).all(|c| c == word), "sector {sector}");
+    }
+    assert!(content[4096 * 512..(4096 + 2048) * 512]
+        .iter()
+        .all(|b| *b == 0));
+    assert!(content[8192 * 512..(8192 + 128) * 512]
+        .iter()
+        .all(|b| *b == 0));
+    assert_eq!(
+        std::fs::read(&base).unwrap(),
+        base_before,
+        "the backing file is untouched"
+    );
+    // Without image_type the same file is a raw disk: the guest sees the
+    // qcow2 header, and the backing file is never opened.
+    let out = run_blk(&top, ",readonly=on", "probe=blk blk_mode=ro");
+    assert_eq!(out.code(), debug_exit(0), "{out:#?}");
+    let head = out.line("probe: blk head=").unwrap_or_default().to_string();
+    assert!(!head.contains("FERROVISOR"), "{head}");
+}

@@ -88,13 +88,20 @@ pub(crate) fn read_boot_files(config: &VmConfig) -> Result<BootFiles, Error> {
     };
     let mut disks: Vec<Arc<dyn block::DiskFile>> = Vec::new();
     for disk in &config.disks {
-        let options = block::OpenOptions {
+        // The format is what the config says (raw by default), never probed.
+        let format = match disk.image_type {
+            None | Some(crate::config::ImageType::Raw) => block::Format::Raw,
+            Some(crate::config::ImageType::Qcow2) => block::Format::Qcow2,
+        };
+        let options = block::ImageOptions {
             read_only: disk.readonly,
             direct: disk.direct,
+            format: Some(format),
+            ..Default::default()
         };
-        let file = block::RawFile::open(&disk.path, options)
+        let file = block::open_image(&disk.path, &options)
             .map_err(|e| ConfigError::new("--disk", format!("{}: {e}", disk.path.display())))?;
-        disks.push(Arc::new(file));
+        disks.push(Arc::from(file));
     }
     let channels = if config.channels.is_empty() {
         None

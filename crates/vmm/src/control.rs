@@ -220,10 +220,6 @@ impl Vmm {
     fn create(&mut self, config: VmConfig) -> Result<(), Error> {
         let config = config.validate()?;
         boot_files::validate_cpus(&config, &self.hv)?;
-        if let Some(extra) = &self.options.landlock {
-            crate::isolation::apply_landlock(&config, extra)?;
-        }
-        crate::isolation::run_test_open_probe();
         self.config = Some(config);
         self.state = Some(VmState::Created);
         self.boot_count = 0;
@@ -241,6 +237,12 @@ impl Vmm {
             let console = Console::new(&config.serial)
                 .map_err(|e| ConfigError::new("--serial", e.to_string()))?;
             self.prepared = Some(Prepared { files, console });
+            // The VM's files are open (disks with their backing chains):
+            // from here on the process reaches only what the VM needs.
+            if let Some(extra) = &self.options.landlock {
+                crate::isolation::apply_landlock(&config, extra)?;
+            }
+            crate::isolation::run_test_open_probe();
         }
         self.start_instance(&config)?;
         let first = self.boot_count == 0;

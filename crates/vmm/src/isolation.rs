@@ -108,7 +108,8 @@ pub fn parse_rule(text: &str) -> Result<Rule, ConfigError> {
 }
 
 /// Restricts the VMM (this thread and the thread spawner) to `config`'s
-/// paths plus `extra`. Says once in the log when the kernel cannot.
+/// paths plus `extra`. Called once the VM's files are open, so a disk's
+/// backing files need no rule of their own. Says once in the log when the kernel cannot.
 pub fn apply_landlock(config: &VmConfig, extra: &[Rule]) -> Result<(), Error> {
     let mut rules = rules_for(config);
     rules.extend_from_slice(extra);

@@ -162,8 +162,10 @@ const VIRTIO_WORKER: &[Allowed] = &[
 const VIRTIO_BLOCK: &[Allowed] = VIRTIO_WORKER;
 
 /// Block I/O threads: positional vectored I/O, flush (fdatasync), discard
-/// and write-zeroes (fallocate).
+/// and write-zeroes (fallocate); qcow2 metadata with pread64/pwrite64.
 const BLOCK_IO: &[Allowed] = &[
+    Any(libc::SYS_pread64),
+    Any(libc::SYS_pwrite64),
     Any(libc::SYS_preadv),
     Any(libc::SYS_pwritev),
     Any(libc::SYS_fdatasync),

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 
 use super::validate;
 use super::{
-    ChannelBackend, ChannelConfig, ConfigError, CpusConfig, DiskConfig, MemoryConfig, RebootPolicy,
-    SerialConfig, TopologyConfig,
+    ChannelBackend, ChannelConfig, ConfigError, CpusConfig, DiskConfig, ImageType, MemoryConfig,
+    RebootPolicy, SerialConfig, TopologyConfig,
 };
 
 /// Splits `a=1,b=2` into pairs, refusing keys outside `known` and repeated keys.
@@ -205,10 +205,11 @@ fn parse_number<T: std::str::FromStr>(
 }
 
 /// Parses `--disk path=FILE,readonly=on|off,direct=on|off,serial=ID,num_queues=N,
-/// queue_size=N,id=NAME,logical_block_size=N,physical_block_size=N,discard=on|off,addr=SLOT`.
+/// queue_size=N,id=NAME,logical_block_size=N,physical_block_size=N,discard=on|off,addr=SLOT,
+/// image_type=raw|qcow2`.
 pub fn parse_disk(value: &str) -> Result<DiskConfig, ConfigError> {
     const FLAG: &str = "--disk";
-    const KEYS: [&str; 11] = [
+    const KEYS: [&str; 12] = [
         "path",
         "readonly",
         "direct",
@@ -220,6 +221,7 @@ pub fn parse_disk(value: &str) -> Result<DiskConfig, ConfigError> {
         "physical_block_size",
         "discard",
         "addr",
+        "image_type",
     ];
     let mut disk = DiskConfig::new(PathBuf::new());
     for (key, val) in parse_options(FLAG, value, &KEYS)? {
@@ -234,6 +236,18 @@ pub fn parse_disk(value: &str) -> Result<DiskConfig, ConfigError> {
             "queue_size" => disk.queue_size = parse_number(FLAG, key, val)?,
             "logical_block_size" => disk.logical_block_size = Some(parse_number(FLAG, key, val)?),
             "physical_block_size" => disk.physical_block_size = Some(parse_number(FLAG, key, val)?),
+            "image_type" => {
+                disk.image_type = Some(match val {
+                    "raw" => ImageType::Raw,
+                    "qcow2" => ImageType::Qcow2,
+                    _ => {
+                        return Err(ConfigError::new(
+                            FLAG,
+                            format!("image_type={val}: raw or qcow2"),
+                        ))
+                    }
+                })
+            }
             _ => disk.addr = Some(parse_number(FLAG, key, val)?),
         }
     }
@@ -405,6 +419,17 @@ mod tests {
         );
         assert_eq!(d.logical_block_size, Some(4096));
         assert_eq!(parse_disk("path=/img").unwrap().queue_size, 256);
+        assert_eq!(parse_disk("path=/img").unwrap().image_type, None);
+        assert_eq!(
+            parse_disk("path=/img,image_type=qcow2").unwrap().image_type,
+            Some(ImageType::Qcow2)
+        );
+        assert_eq!(
+            parse_disk("path=/img,image_type=raw").unwrap().image_type,
+            Some(ImageType::Raw)
+        );
+        assert!(parse_disk("path=/img,image_type=vmdk").is_err());
+        assert!(parse_disk("path=/img,image_type=qcow2,direct=on").is_err());
         for bad in [
             "",
             "readonly=on",

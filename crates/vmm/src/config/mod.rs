@@ -155,6 +155,20 @@ pub struct DiskConfig {
     /// PCI slot (1..=31); default: the next free one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub addr: Option<u8>,
+    /// Image format (Cloud Hypervisor's `image_type`); default raw. Never
+    /// probed: a raw disk stays raw whatever the guest writes into it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_type: Option<ImageType>,
+}
+
+/// Format of a disk image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageType {
+    /// Raw file or block device.
+    Raw,
+    /// qcow2 (with its backing chain).
+    Qcow2,
 }
 
 impl DiskConfig {
@@ -172,6 +186,7 @@ impl DiskConfig {
             physical_block_size: None,
             discard: true,
             addr: None,
+            image_type: None,
         }
     }
 }

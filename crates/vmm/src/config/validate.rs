@@ -195,6 +195,12 @@ pub(super) fn disk(disk: &DiskConfig) -> Result<(), ConfigError> {
     if disk.path.as_os_str().is_empty() {
         return Err(ConfigError::new(FLAG, "path=FILE is required"));
     }
+    if disk.direct && disk.image_type == Some(super::ImageType::Qcow2) {
+        return Err(ConfigError::new(
+            FLAG,
+            "direct=on is for raw images (qcow2 goes through the page cache)",
+        ));
+    }
     if !(1..=64).contains(&disk.num_queues) {
         return Err(ConfigError::new(
             FLAG,

@@ -1,0 +1,490 @@
+//! fvimg against qemu-img: what fvimg writes passes `qemu-img check` and
+//! `qemu-img compare`; what fvimg reports matches what qemu-img reports.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("fvimg-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+    fn p(&self, name: &str) -> String {
+        self.0.join(name).to_str().unwrap().to_string()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs a command; returns (exit code, stdout, stderr).
+fn exec(tool: &str, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(tool)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{tool}: {e}"));
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn fvimg(args: &[&str]) -> (i32, String, String) {
+    exec(env!("CARGO_BIN_EXE_fvimg"), args)
+}
+
+fn ok(tool: &str, args: &[&str]) -> String {
+    let (code, out, err) = if tool == "fvimg" {
+        fvimg(args)
+    } else {
+        exec(tool, args)
+    };
+    assert_eq!(code, 0, "{tool} {args:?}: {out}{err}");
+    out
+}
+
+fn assert_clean(path: &str) {
+    ok("qemu-img", &["check", path]);
+}
+
+fn assert_same(a: &str, b: &str) {
+    let (code, out, err) = exec("qemu-img", &["compare", a, b]);
+    assert_eq!(code, 0, "qemu-img compare {a} {b}: {out}{err}");
+}
+
+/// A raw image with data, holes and zero-filled stretches.
+fn pattern(path: &str, size: usize, seed: u64) {
+    let mut data = vec![0u8; size];
+    let mut x = seed | 1;
+    let mut at = 0;
+    while at < size {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let len = ((x % 400_000) as usize + 1).min(size - at);
+        match x % 5 {
+            0 | 1 => {}
+            2 => data[at..at + len].fill((x >> 8) as u8),
+            _ => {
+                for (i, b) in data[at..at + len].iter_mut().enumerate() {
+                    *b = ((x >> 16) as u8).wrapping_add((i * 7 / 3) as u8);
+                }
+            }
+        }
+        at += len;
+    }
+    std::fs::write(path, data).unwrap();
+}
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+#[test]
+fn create_matches_qemu_info() {
+    let s = Scratch::new("create");
+    let cases = [
+        "cluster_size=512,refcount_bits=1",
+        "cluster_size=4k,refcount_bits=64,lazy_refcounts=on",
+        "cluster_size=2M,compression_type=zstd",
+        "extended_l2=on,cluster_size=128k",
+        "compat=0.10",
+        "preallocation=metadata",
+        "preallocation=falloc,cluster_size=256k",
+        "preallocation=full,cluster_size=1M",
+    ];
+    for o in cases {
+        let img = s.p("c.qcow2");
+        ok(
+            "fvimg",
+            &["create", "-q", "-f", "qcow2", "-o", o, &img, "5M"],
+        );
+        assert_clean(&img);
+        let theirs = json(&ok("qemu-img", &["info", "--output", "json", &img]));
+        let ours = json(&ok("fvimg", &["info", "--output", "json", &img]));
+        for key in [
+            "virtual-size",
+            "cluster-size",
+            "format",
+            "format-specific",
+            "dirty-flag",
+        ] {
+            assert_eq!(ours[key], theirs[key], "{o}: {key}");
+        }
+        if o.contains("falloc") {
+            // Whether ext4 reports fallocated extents as data depends on its page cache.
+            continue;
+        }
+        let t_map = ok("qemu-img", &["map", "--output", "json", &img]);
+        let o_map = ok("fvimg", &["map", "--output", "json", &img]);
+        assert_eq!(json(&o_map), json(&t_map), "{o}: map");
+    }
+    // A backing file, relative to the new image; size taken from it.
+    let base = s.p("base.raw");
+    pattern(&base, 3 << 20, 9);
+    let top = s.p("top.qcow2");
+    ok(
+        "fvimg",
+        &[
+            "create", "-q", "-f", "qcow2", "-b", "base.raw", "-F", "raw", &top,
+        ],
+    );
+    assert_clean(&top);
+    assert_same(&top, &base);
+    let theirs = json(&ok("qemu-img", &["info", "--output", "json", &top]));
+    let ours = json(&ok("fvimg", &["info", "--output", "json", &top]));
+    for key in [
+        "virtual-size",
+        "backing-filename",
+        "backing-filename-format",
+        "full-backing-filename",
+    ] {
+        assert_eq!(ours[key], theirs[key], "backed: {key}");
+    }
+    let chain = json(&ok(
+        "fvimg",
+        &["info", "--output", "json", "--backing-chain", &top],
+    ));
+    assert_eq!(chain.as_array().map(|a| a.len()), Some(2));
+    assert_eq!(chain[1]["format"], "raw");
+    // Bad options fail cleanly.
+    for o in [
+        "cluster_size=3000",
+        "refcount_bits=3",
+        "compat=0.10,lazy_refcounts=on",
+        "nonsense=1",
+        "extended_l2=on,cluster_size=4k",
+    ] {
+        let (code, _, err) = fvimg(&[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            o,
+            &s.p("bad.qcow2"),
+            "1M",
+        ]);
+        assert_eq!(code, 1, "{o}: {err}");
+        assert!(err.starts_with("fvimg: "), "{err}");
+    }
+}
+
+#[test]
+fn converted_images_pass_qemu_check_and_compare() {
+    let s = Scratch::new("convert");
+    let raw = s.p("src.raw");
+    pattern(&raw, (9 << 20) + 512, 42);
+    let variants: &[&[&str]] = &[
+        &["-O", "qcow2"],
+        &["-O", "qcow2", "-o", "cluster_size=512,refcount_bits=2"],
+        &["-O", "qcow2", "-o", "cluster_size=2M,refcount_bits=32"],
+        &["-O", "qcow2", "-o", "compat=0.10"],
+        &["-O", "qcow2", "-o", "extended_l2=on"],
+        &["-O", "qcow2", "-c"],
+        &[
+            "-O",
+            "qcow2",
+            "-c",
+            "-o",
+            "compression_type=zstd,cluster_size=4k",
+        ],
+        &["-O", "qcow2", "-S", "0"],
+        &["-O", "raw", "-p"],
+    ];
+    for v in variants {
+        let dst = s.p("dst.img");
+        let mut args = vec!["convert"];
+        args.extend_from_slice(v);
+        args.extend_from_slice(&[&raw, &dst]);
+        ok("fvimg", &args);
+        if v.contains(&"qcow2") {
+            assert_clean(&dst);
+        }
+        assert_same(&raw, &dst);
+        // And back: the qcow2 as source, to raw and to qcow2.
+        let back = s.p("back.raw");
+        ok("fvimg", &["convert", "-O", "raw", &dst, &back]);
+        assert_same(&raw, &back);
+    }
+    let info = ok("qemu-img", &["info", "--output", "json", &s.p("dst.img")]);
+    assert!(info.contains("\"format\": \"raw\""), "{info}");
+    // A compressed source from qemu-img, and a backing chain as source.
+    let c = s.p("c.qcow2");
+    ok(
+        "qemu-img",
+        &[
+            "convert",
+            "-c",
+            "-O",
+            "qcow2",
+            "-o",
+            "compression_type=zstd",
+            &raw,
+            &c,
+        ],
+    );
+    let out = s.p("out.qcow2");
+    ok("fvimg", &["convert", "-O", "qcow2", &c, &out]);
+    assert_clean(&out);
+    assert_same(&c, &out);
+    let top = s.p("top.qcow2");
+    ok(
+        "qemu-img",
+        &["create", "-f", "qcow2", "-b", &c, "-F", "qcow2", &top],
+    );
+    ok(
+        "qemu-io",
+        &["-c", "write -P 0x44 1M 100k", "-c", "write -z 4M 1M", &top],
+    );
+    ok(
+        "fvimg",
+        &[
+            "convert",
+            "-O",
+            "qcow2",
+            "-o",
+            "cluster_size=16k",
+            &top,
+            &out,
+        ],
+    );
+    assert_clean(&out);
+    assert_same(&top, &out);
+    let m = json(&ok("qemu-img", &["map", "--output", "json", &out]));
+    assert!(
+        m.as_array().unwrap().iter().all(|e| e["depth"] == 0),
+        "flattened: {m}"
+    );
+    // -c to a raw destination is refused.
+    let (code, _, _) = fvimg(&["convert", "-c", "-O", "raw", &raw, &s.p("x.raw")]);
+    assert_eq!(code, 1);
+}
+
+/// Offset of the first refcount block of a qcow2 image.
+fn refblock_offset(bytes: &[u8]) -> usize {
+    let be64 = |at: usize| u64::from_be_bytes(bytes[at..at + 8].try_into().unwrap());
+    let table = be64(48) as usize;
+    be64(table) as usize
+}
+
+#[test]
+fn check_finds_and_repairs_what_qemu_img_finds() {
+    let s = Scratch::new("check");
+    let img = s.p("k.qcow2");
+    let fresh = |s: &Scratch| {
+        let img = s.p("k.qcow2");
+        ok(
+            "qemu-img",
+            &["create", "-f", "qcow2", "-o", "cluster_size=4k", &img, "4M"],
+        );
+        ok("qemu-io", &["-c", "write -P 3 0 64k", &img]);
+        img
+    };
+    // Leaks: two clusters past the end, counted but unused.
+    fresh(&s);
+    let mut b = std::fs::read(&img).unwrap();
+    let used = b.len() / 4096;
+    let rb = refblock_offset(&b);
+    for c in [used, used + 1] {
+        b[rb + 2 * c + 1] = 1;
+    }
+    b.resize(b.len() + 8192, 0);
+    std::fs::write(&img, &b).unwrap();
+    assert_eq!(exec("qemu-img", &["check", &img]).0, 3);
+    let (code, out, _) = fvimg(&["check", &img]);
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains("2 leaked clusters"), "{out}");
+    let j = json(&fvimg(&["check", "--output", "json", &img]).1);
+    assert_eq!(j["leaks"], 2);
+    let (code, out, _) = fvimg(&["check", "-r", "leaks", &img]);
+    assert_eq!(code, 0, "{out}");
+    assert_clean(&img);
+    // A refcount too low for a used data cluster: a corruption.
+    fresh(&s);
+    let mut b = std::fs::read(&img).unwrap();
+    let rb = refblock_offset(&b);
+    let last = b.len() / 4096 - 1;
+    b[rb + 2 * last + 1] = 0;
+    std::fs::write(&img, &b).unwrap();
+    assert_eq!(exec("qemu-img", &["check", &img]).0, 2);
+    let (code, out, err) = fvimg(&["check", &img]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(err.contains("refcount=0 reference=1"), "{err}");
+    let (code, out, _) = fvimg(&["check", "-r", "all", &img]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("Double checking"), "{out}");
+    assert_clean(&img);
+    ok("qemu-io", &["-c", "read -P 3 0 64k", &img]);
+    // A raw image has nothing to check.
+    let raw = s.p("r.raw");
+    std::fs::write(&raw, [0u8; 4096]).unwrap();
+    assert_eq!(fvimg(&["check", "-f", "raw", &raw]).0, 63);
+    // Garbage is an error naming the problem, not a panic.
+    std::fs::write(s.p("g.qcow2"), b"QFI\xfb\0\0\0\x03garbage").unwrap();
+    let (code, _, err) = fvimg(&["check", &s.p("g.qcow2")]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("qcow2"), "{err}");
+}
+
+#[test]
+fn compare_map_resize_and_snapshots() {
+    let s = Scratch::new("misc");
+    let raw = s.p("a.raw");
+    pattern(&raw, 4 << 20, 5);
+    let q = s.p("a.qcow2");
+    ok("qemu-img", &["convert", "-O", "qcow2", &raw, &q]);
+    let (code, out, _) = fvimg(&["compare", &raw, &q]);
+    assert_eq!((code, out.trim()), (0, "Images are identical."));
+    ok("qemu-io", &["-c", "write -P 0xee 1000k 1", &q]);
+    let (code, out, _) = fvimg(&["compare", &raw, &q]);
+    assert_eq!(
+        (code, out.trim()),
+        (1, "Content mismatch at offset 1024000!")
+    );
+    assert_eq!(fvimg(&["compare", &raw, &s.p("missing")]).0, 2);
+    // Map agrees with qemu-img's.
+    let ours = json(&ok("fvimg", &["map", "--output", "json", &q]));
+    let theirs = json(&ok("qemu-img", &["map", "--output", "json", &q]));
+    assert_eq!(ours, theirs);
+    // Resize, then snapshots.
+    ok("fvimg", &["resize", "-q", &q, "+1M"]);
+    let info = json(&ok("qemu-img", &["info", "--output", "json", &q]));
+    assert_eq!(info["virtual-size"], 5 << 20);
+    assert_clean(&q);
+    ok("fvimg", &["snapshot", "-c", "one", &q]);
+    ok("qemu-io", &["-c", "write -P 0x77 0 2M", &q]);
+    ok("fvimg", &["snapshot", "-c", "two", &q]);
+    assert_clean(&q);
+    let list = ok("qemu-img", &["snapshot", "-l", &q]);
+    assert!(list.contains("one") && list.contains("two"), "{list}");
+    let ours = ok("fvimg", &["snapshot", "-l", &q]);
+    assert!(ours.contains("one") && ours.contains("two"), "{ours}");
+    ok("fvimg", &["snapshot", "-a", "one", &q]);
+    assert_clean(&q);
+    let (code, out, _) = exec("qemu-io", &["-c", "read -P 0xee 1000k 1", &q]);
+    assert!(
+        code == 0 && !out.contains("Pattern verification failed"),
+        "{out}"
+    );
+    ok("fvimg", &["snapshot", "-d", "two", &q]);
+    ok("fvimg", &["snapshot", "-d", "one", &q]);
+    assert_clean(&q);
+    assert_eq!(ok("qemu-img", &["snapshot", "-l", &q]).trim(), "");
+    assert_eq!(fvimg(&["snapshot", "-d", "nope", &q]).0, 1);
+    assert!(Path::new(&q).exists());
+}
+
+#[test]
+fn rebase_and_commit_keep_the_guest_view() {
+    let s = Scratch::new("chain");
+    let base = s.p("base.raw");
+    pattern(&base, 4 << 20, 17);
+    let mid = s.p("mid.qcow2");
+    let top = s.p("top.qcow2");
+    ok(
+        "qemu-img",
+        &[
+            "create", "-q", "-f", "qcow2", "-b", "base.raw", "-F", "raw", &mid,
+        ],
+    );
+    ok(
+        "qemu-io",
+        &[
+            "-c",
+            "write -P 0x61 512k 640k",
+            "-c",
+            "write -z 2M 64k",
+            &mid,
+        ],
+    );
+    ok(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "cluster_size=8k",
+            "-b",
+            "mid.qcow2",
+            "-F",
+            "qcow2",
+            &top,
+        ],
+    );
+    ok(
+        "qemu-io",
+        &[
+            "-c",
+            "write -P 0x62 1M 8k",
+            "-c",
+            "write -P 0x63 3M 100k",
+            &top,
+        ],
+    );
+    let expect = s.p("expect.raw");
+    ok("qemu-img", &["convert", "-O", "raw", &top, &expect]);
+    // Safe rebase onto the base: what mid held is copied into top.
+    ok("fvimg", &["rebase", "-b", "base.raw", "-F", "raw", &top]);
+    assert_clean(&top);
+    assert_same(&top, &expect);
+    let info = json(&ok("qemu-img", &["info", "--output", "json", &top]));
+    assert_eq!(info["backing-filename"], "base.raw");
+    assert_eq!(info["backing-filename-format"], "raw");
+    // Unsafe rebase only renames.
+    ok(
+        "fvimg",
+        &["rebase", "-u", "-b", "other.raw", "-F", "raw", &top],
+    );
+    let info = json(&ok("qemu-img", &["info", "--output", "json", &top]));
+    assert_eq!(info["backing-filename"], "other.raw");
+    ok(
+        "fvimg",
+        &["rebase", "-u", "-b", "base.raw", "-F", "raw", &top],
+    );
+    assert_clean(&top);
+    // Commit into the base; the top is emptied.
+    ok("fvimg", &["commit", &top]);
+    assert_same(&base, &expect);
+    assert_same(&top, &expect);
+    assert_clean(&top);
+    let map = json(&ok("qemu-img", &["map", "--output", "json", &top]));
+    assert!(
+        map.as_array().unwrap().iter().all(|e| e["depth"] == 1),
+        "emptied: {map}"
+    );
+    // Rebase onto nothing: the top becomes standalone.
+    ok("fvimg", &["rebase", "-b", "", &top]);
+    assert_clean(&top);
+    assert_same(&top, &expect);
+    let info = json(&ok("qemu-img", &["info", "--output", "json", &top]));
+    assert!(info.get("backing-filename").is_none(), "{info}");
+}
+
+#[test]
+fn repair_clears_the_corrupt_mark() {
+    let s = Scratch::new("corrupt-mark");
+    let img = s.p("m.qcow2");
+    ok("qemu-img", &["create", "-q", "-f", "qcow2", &img, "1M"]);
+    let mut b = std::fs::read(&img).unwrap();
+    b[79] |= 2; // incompatible features: corrupt
+    std::fs::write(&img, &b).unwrap();
+    // Writers refuse it; qemu-img and fvimg read it.
+    assert_ne!(exec("qemu-io", &["-c", "write 0 512", &img]).0, 0);
+    let info = json(&ok("fvimg", &["info", "--output", "json", &img]));
+    assert_eq!(info["format-specific"]["data"]["corrupt"], true);
+    ok("fvimg", &["check", "-r", "all", &img]);
+    let info = json(&ok("qemu-img", &["info", "--output", "json", &img]));
+    assert_eq!(info["format-specific"]["data"]["corrupt"], false);
+    ok("qemu-io", &["-c", "write 0 512", &img]);
+}
