@@ -3,6 +3,9 @@
 //! nothing of virtio or VMs, so tools and fuzz targets can use it alone.
 
 pub mod raw;
+mod readonly;
+pub mod vhd;
+pub mod vmdk;
 
 pub use raw::{OpenOptions, RawFile};
 

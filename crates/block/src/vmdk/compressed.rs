@@ -1,0 +1,131 @@
+//! Compressed grains of streamOptimized extents: a grain marker (the grain's
+//! first sector as u64 and the compressed length as u32, little-endian)
+//! followed by a zlib (deflate with zlib header) stream of one grain.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use flate2::{Decompress, FlushDecompress, Status};
+
+use crate::readonly::invalid;
+
+/// Bytes of a grain marker before the compressed data.
+const MARKER_BYTES: u64 = 12;
+
+/// Where compressed grains are read from.
+pub struct GrainSource<'a> {
+    /// The extent file.
+    pub file: &'a File,
+    /// Its length in bytes.
+    pub file_len: u64,
+    /// Its name for errors.
+    pub name: &'a str,
+    /// Whether grains start with a marker.
+    pub markers: bool,
+    /// Grain size in sectors.
+    pub grain_sectors: u64,
+}
+
+/// The most recently inflated grain, so that reads smaller than a grain do
+/// not inflate it again and again.
+#[derive(Default)]
+pub struct GrainCache(Mutex<Option<(u64, Arc<Vec<u8>>)>>);
+
+impl GrainCache {
+    /// Grain `index`, when it is the cached one.
+    pub fn get(&self, index: u64) -> Option<Arc<Vec<u8>>> {
+        match &*self.0.lock().unwrap_or_else(PoisonError::into_inner) {
+            Some((i, grain)) if *i == index => Some(grain.clone()),
+            _ => None,
+        }
+    }
+
+    /// Caches grain `index`.
+    pub fn put(&self, index: u64, grain: Arc<Vec<u8>>) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some((index, grain));
+    }
+}
+
+/// Reads up to `len` bytes at `at` (fewer at end of file).
+fn read_some(src: &GrainSource, at: u64, len: u64) -> io::Result<Vec<u8>> {
+    let len = len.min(src.file_len.saturating_sub(at)) as usize;
+    let mut buf = vec![0u8; len];
+    let mut done = 0;
+    while done < len {
+        match src.file.read_at(&mut buf[done..], at + done as u64)? {
+            0 => break,
+            n => done += n,
+        }
+    }
+    buf.truncate(done);
+    Ok(buf)
+}
+
+/// Reads grain `index` stored compressed at `host` and returns it inflated
+/// to a full grain; at least `needed` bytes (the part of the grain inside
+/// the capacity) must come out of the stream, the rest reads as zeros.
+pub fn read_grain(src: &GrainSource, index: u64, host: u64, needed: u64) -> io::Result<Vec<u8>> {
+    let grain_bytes = src.grain_sectors * 512;
+    let what = || format!("vmdk {}: compressed grain {index} at offset {host:#x}", src.name);
+    // Deflate can grow incompressible data a little; twice the grain is plenty.
+    let max_compressed = 2 * grain_bytes + 4096;
+    let data = if src.markers {
+        let head = read_some(src, host, MARKER_BYTES + grain_bytes + 4096)?;
+        if head.len() < MARKER_BYTES as usize {
+            return Err(invalid(format!("{}: the marker lies past the end of the file", what())));
+        }
+        let lba = u64::from_le_bytes(head[0..8].try_into().unwrap_or_default());
+        let size = u64::from(u32::from_le_bytes(head[8..12].try_into().unwrap_or_default()));
+        if lba != index * src.grain_sectors {
+            return Err(invalid(format!(
+                "{}: the marker says sector {lba}, the grain table says sector {}",
+                what(),
+                index * src.grain_sectors
+            )));
+        }
+        if size == 0 || size > max_compressed {
+            return Err(invalid(format!(
+                "{}: compressed size {size} (1 to {max_compressed} allowed)",
+                what()
+            )));
+        }
+        let mut data = head;
+        data.drain(..MARKER_BYTES as usize);
+        if (data.len() as u64) < size {
+            data = read_some(src, host + MARKER_BYTES, size)?;
+        }
+        if (data.len() as u64) < size {
+            return Err(invalid(format!(
+                "{}: {size} compressed bytes run past the end of the file",
+                what()
+            )));
+        }
+        data.truncate(size as usize);
+        data
+    } else {
+        read_some(src, host, max_compressed)?
+    };
+    let mut out = vec![0u8; grain_bytes as usize + 1];
+    let mut inflater = Decompress::new(true);
+    let status = inflater
+        .decompress(&data, &mut out, FlushDecompress::Finish)
+        .map_err(|e| invalid(format!("{}: corrupt deflate data ({e})", what())))?;
+    let produced = inflater.total_out();
+    if produced > grain_bytes {
+        return Err(invalid(format!("{}: inflates past the grain size", what())));
+    }
+    if status != Status::StreamEnd {
+        return Err(invalid(format!("{}: the compressed stream is truncated", what())));
+    }
+    if produced < needed {
+        return Err(invalid(format!(
+            "{}: inflates to {produced} bytes, the grain needs {needed}",
+            what()
+        )));
+    }
+    out.truncate(grain_bytes as usize);
+    out[produced as usize..].fill(0);
+    Ok(out)
+}
