@@ -165,7 +165,11 @@ impl DynamicDisk {
         let data_at = u64::from(sector) * 512 + self.bitmap_bytes + within;
         Ok((
             len,
-            if set { Run::Data(data_at) } else { Run::Zero { in_block: true } },
+            if set {
+                Run::Data(data_at)
+            } else {
+                Run::Zero { in_block: true }
+            },
         ))
     }
 

@@ -146,7 +146,10 @@ pub(crate) mod tests {
         assert!(e.to_string().starts_with("foot: checksum"), "{e}");
         let mut b = footer_bytes(2, b"qemu", 1 << 20);
         b[0] = b'C';
-        assert!(Footer::parse(&b, "f").unwrap_err().to_string().contains("cookie"));
+        assert!(Footer::parse(&b, "f")
+            .unwrap_err()
+            .to_string()
+            .contains("cookie"));
         let e = Footer::parse(&footer_bytes(4, b"qemu", 1 << 20), "f").unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::Unsupported);
         assert!(e.to_string().contains("differencing"));

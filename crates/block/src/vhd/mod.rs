@@ -136,7 +136,10 @@ impl DiskFile for VhdImage {
         if offset >= self.size || max_len == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("offset {offset} is past the end of the disk ({} bytes)", self.size),
+                format!(
+                    "offset {offset} is past the end of the disk ({} bytes)",
+                    self.size
+                ),
             ));
         }
         let max_len = max_len.min(self.size - offset);
@@ -154,8 +157,9 @@ impl DiskFile for VhdImage {
             Layout::Fixed(raw) => {
                 let r = raw.extent_at(offset, max_len)?;
                 e.length = r.length;
+                // As qemu-img reports it: data throughout, holes of the
+                // file also zero.
                 e.zero = !r.data;
-                e.data = r.data;
                 e.host_offset = Some(offset);
             }
             Layout::Dynamic(d) => {

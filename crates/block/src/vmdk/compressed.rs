@@ -68,16 +68,26 @@ fn read_some(src: &GrainSource, at: u64, len: u64) -> io::Result<Vec<u8>> {
 /// the capacity) must come out of the stream, the rest reads as zeros.
 pub fn read_grain(src: &GrainSource, index: u64, host: u64, needed: u64) -> io::Result<Vec<u8>> {
     let grain_bytes = src.grain_sectors * 512;
-    let what = || format!("vmdk {}: compressed grain {index} at offset {host:#x}", src.name);
+    let what = || {
+        format!(
+            "vmdk {}: compressed grain {index} at offset {host:#x}",
+            src.name
+        )
+    };
     // Deflate can grow incompressible data a little; twice the grain is plenty.
     let max_compressed = 2 * grain_bytes + 4096;
     let data = if src.markers {
         let head = read_some(src, host, MARKER_BYTES + grain_bytes + 4096)?;
         if head.len() < MARKER_BYTES as usize {
-            return Err(invalid(format!("{}: the marker lies past the end of the file", what())));
+            return Err(invalid(format!(
+                "{}: the marker lies past the end of the file",
+                what()
+            )));
         }
         let lba = u64::from_le_bytes(head[0..8].try_into().unwrap_or_default());
-        let size = u64::from(u32::from_le_bytes(head[8..12].try_into().unwrap_or_default()));
+        let size = u64::from(u32::from_le_bytes(
+            head[8..12].try_into().unwrap_or_default(),
+        ));
         if lba != index * src.grain_sectors {
             return Err(invalid(format!(
                 "{}: the marker says sector {lba}, the grain table says sector {}",
@@ -117,7 +127,10 @@ pub fn read_grain(src: &GrainSource, index: u64, host: u64, needed: u64) -> io::
         return Err(invalid(format!("{}: inflates past the grain size", what())));
     }
     if status != Status::StreamEnd {
-        return Err(invalid(format!("{}: the compressed stream is truncated", what())));
+        return Err(invalid(format!(
+            "{}: the compressed stream is truncated",
+            what()
+        )));
     }
     if produced < needed {
         return Err(invalid(format!(

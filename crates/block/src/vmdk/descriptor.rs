@@ -90,11 +90,14 @@ pub fn parse(bytes: &[u8], where_: &str) -> io::Result<Descriptor> {
         }
         let bad = |why: &str| invalid(format!("{where_} line {}: {why}: {line:?}", index + 1));
         let first = line.split_whitespace().next().unwrap_or("");
-        if matches!(first, "RW" | "RDONLY" | "NOACCESS") && !line.starts_with(&format!("{first}=")) {
+        if matches!(first, "RW" | "RDONLY" | "NOACCESS") && !line.starts_with(&format!("{first}="))
+        {
             if descriptor.extents.len() >= MAX_EXTENTS {
                 return Err(bad(&format!("more than {MAX_EXTENTS} extents")));
             }
-            descriptor.extents.push(parse_extent(line).map_err(|why| bad(&why))?);
+            descriptor
+                .extents
+                .push(parse_extent(line).map_err(|why| bad(&why))?);
         } else if let Some((key, value)) = line.split_once('=') {
             match key.trim() {
                 "createType" => descriptor.create_type = Some(unquote(value).to_owned()),
@@ -149,7 +152,9 @@ fn parse_extent(line: &str) -> Result<ExtentLine, String> {
     let quoted = tail
         .strip_prefix('"')
         .ok_or("the file name must be in double quotes")?;
-    let close = quoted.find('"').ok_or("the file name has no closing quote")?;
+    let close = quoted
+        .find('"')
+        .ok_or("the file name has no closing quote")?;
     let name = &quoted[..close];
     if name.is_empty() {
         return Err("empty file name".into());
@@ -225,8 +230,11 @@ ddb.virtualHWVersion = \"4\"\nddb.geometry.cylinders = \"4161\"\n";
             ("RW 10", "no extent type"),
             ("garbage line", "neither"),
         ] {
-            let e = parse(format!("# Disk DescriptorFile\n{text}\n").as_bytes(), "desc")
-                .unwrap_err();
+            let e = parse(
+                format!("# Disk DescriptorFile\n{text}\n").as_bytes(),
+                "desc",
+            )
+            .unwrap_err();
             assert_eq!(e.kind(), io::ErrorKind::InvalidData);
             let msg = e.to_string();
             assert!(msg.contains(want), "{text}: {msg}");

@@ -24,7 +24,9 @@ pub fn resolve(descriptor: &Path, name: &str) -> io::Result<PathBuf> {
         .components()
         .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
     {
-        return Err(refuse("names leaving the descriptor's directory are refused"));
+        return Err(refuse(
+            "names leaving the descriptor's directory are refused",
+        ));
     }
     let parent = match descriptor.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,

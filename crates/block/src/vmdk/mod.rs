@@ -121,11 +121,14 @@ impl VmdkImage {
         if &magic == header::MAGIC {
             let (extent, embedded) = open_sparse(file, &name)?;
             let size = extent.capacity_bytes();
-            let create_type = embedded
-                .and_then(|d| d.create_type)
-                .unwrap_or_else(|| {
-                    if extent.header().compressed { "streamOptimized" } else { "monolithicSparse" }.to_owned()
-                });
+            let create_type = embedded.and_then(|d| d.create_type).unwrap_or_else(|| {
+                if extent.header().compressed {
+                    "streamOptimized"
+                } else {
+                    "monolithicSparse"
+                }
+                .to_owned()
+            });
             return Ok(VmdkImage {
                 size,
                 extents: vec![Placed {
@@ -166,7 +169,9 @@ impl VmdkImage {
         }
         let total = d.total_sectors()?;
         if total > u64::MAX / SECTOR {
-            return Err(invalid(format!("vmdk descriptor {name}: the disk size overflows")));
+            return Err(invalid(format!(
+                "vmdk descriptor {name}: the disk size overflows"
+            )));
         }
         let mut extents = Vec::with_capacity(d.extents.len());
         let mut start = 0u64;
@@ -180,7 +185,9 @@ impl VmdkImage {
                 (ExtentKind::Zero, _) => Store::Zero,
                 (ExtentKind::Flat, Some(p)) => {
                     let from = line.start_sector.checked_mul(SECTOR).ok_or_else(|| {
-                        invalid(format!("vmdk descriptor {name}: flat extent offset overflows"))
+                        invalid(format!(
+                            "vmdk descriptor {name}: flat extent offset overflows"
+                        ))
                     })?;
                     Store::Flat(FlatExtent::open(&p, from, len)?)
                 }
@@ -197,7 +204,9 @@ impl VmdkImage {
                     Store::Sparse(extent)
                 }
                 (_, None) => {
-                    return Err(invalid(format!("vmdk descriptor {name}: extent without a file")))
+                    return Err(invalid(format!(
+                        "vmdk descriptor {name}: extent without a file"
+                    )))
                 }
             };
             if len > 0 {
@@ -274,7 +283,9 @@ impl VmdkImage {
         Ok(match kind {
             Grain::Unallocated => extent(within, length, false, true, false, false, None),
             Grain::Zeroed => extent(within, length, true, true, false, false, None),
-            Grain::Data(host) => extent(within, length, true, false, true, false, Some(host + skip)),
+            Grain::Data(host) => {
+                extent(within, length, true, false, true, false, Some(host + skip))
+            }
             Grain::Compressed(_) => extent(within, length, true, false, true, true, None),
         })
     }
@@ -338,7 +349,10 @@ impl DiskFile for VmdkImage {
         if offset >= self.size || max_len == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("offset {offset} is past the end of the disk ({} bytes)", self.size),
+                format!(
+                    "offset {offset} is past the end of the disk ({} bytes)",
+                    self.size
+                ),
             ));
         }
         let placed = self.placed(offset)?;

@@ -69,9 +69,11 @@ impl SparseExtent {
             .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
         let gt_bytes = u64::from(header.gtes_per_gt) * 4;
-        if let Some((index, sector)) = directory.iter().enumerate().find(|(_, s)| {
-            **s != 0 && u64::from(**s) * SECTOR + gt_bytes > file_len
-        }) {
+        if let Some((index, sector)) = directory
+            .iter()
+            .enumerate()
+            .find(|(_, s)| **s != 0 && u64::from(**s) * SECTOR + gt_bytes > file_len)
+        {
             return Err(invalid(format!(
                 "vmdk {name}: grain directory at offset {gd_at:#x}: entry {index} puts grain table {index} at offset {:#x}, past the end of the file ({file_len} bytes)",
                 u64::from(*sector) * SECTOR
