@@ -151,7 +151,15 @@ impl VmdkImage {
         }
         let mut text = vec![0u8; len as usize];
         read_exact_at(&file, &mut text, 0, "vmdk descriptor")?;
-        let d = descriptor::parse(&text, &format!("vmdk descriptor {name}"))?;
+        let d = descriptor::parse(&text, &format!("vmdk descriptor {name}")).map_err(|e| {
+            if descriptor::looks_like_descriptor(&text) {
+                e
+            } else {
+                invalid(format!(
+                    "vmdk {name}: no KDMV magic and not a descriptor file ({e})"
+                ))
+            }
+        })?;
         Self::from_descriptor(path, d)
     }
 
