@@ -25,6 +25,10 @@ pub fn probe(first_bytes: &[u8], last_512: &[u8]) -> bool {
     first_bytes.starts_with(COOKIE) || last_512.starts_with(COOKIE)
 }
 
+/// The most unallocated blocks one `extent_at` call merges; a longer run
+/// is reported in pieces.
+const MAX_MAP_STEPS: u32 = 1 << 16;
+
 enum Layout {
     /// The data lies at the start of the file.
     Fixed(RawFile),
@@ -165,8 +169,10 @@ impl DiskFile for VhdImage {
             Layout::Dynamic(d) => {
                 let (mut length, run) = d.run(offset, max_len)?;
                 // Merge following unallocated blocks into one stretch.
+                let mut steps = 0;
                 while let Run::Zero { in_block: false } = run {
-                    if offset + length >= offset + max_len {
+                    steps += 1;
+                    if length >= max_len || steps > MAX_MAP_STEPS {
                         break;
                     }
                     match d.run(offset + length, max_len - length)? {

@@ -37,6 +37,10 @@ const CREATE_TYPES: &[&str] = &[
     "custom",
 ];
 
+/// The most grain lookups one `extent_at` call makes; a longer run is
+/// reported in pieces, so a crafted image cannot stall the caller.
+const MAX_MAP_STEPS: u32 = 1 << 16;
+
 /// Whether the first bytes of a file look like a VMDK: a sparse extent
 /// (`KDMV`) or a descriptor file.
 pub fn probe(first_bytes: &[u8]) -> bool {
@@ -271,7 +275,9 @@ impl VmdkImage {
         let kind = s.grain(first)?;
         let end = within + max_len;
         let mut next = first + 1;
-        while next * grain_bytes < end {
+        let mut steps = 0;
+        while next * grain_bytes < end && steps < MAX_MAP_STEPS {
+            steps += 1;
             if kind == Grain::Unallocated && s.table_absent(next) {
                 next = (next / per_table + 1) * per_table;
                 continue;
