@@ -24,7 +24,8 @@ fn open(path: &Path) -> std::io::Result<Box<dyn DiskFile>> {
     head.truncate(n);
     let len = file.metadata()?.len();
     let mut tail = vec![0u8; 512.min(len as usize)];
-    file.read_exact_at(&mut tail, len - tail.len() as u64)?;
+    let tail_at = len - tail.len() as u64;
+    file.read_exact_at(&mut tail, tail_at)?;
     if block::vmdk::probe(&head) {
         Ok(Box::new(VmdkImage::open(path)?))
     } else if block::vhd::probe(&head, &tail) {
