@@ -65,8 +65,25 @@ pub(crate) fn read_into_slices(
     offset: u64,
     mut read: impl FnMut(&mut [u8], u64) -> io::Result<()>,
 ) -> io::Result<usize> {
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+        Ok(mut scratch) => fill_slices(size, bufs, offset, &mut scratch, &mut read),
+        // Re-entered (a reader reading another image): use a buffer of its own.
+        Err(_) => fill_slices(size, bufs, offset, &mut Vec::new(), &mut read),
+    })
+}
+
+/// [`read_into_slices`] staging through `scratch` (kept at most CHUNK long).
+fn fill_slices(
+    size: u64,
+    bufs: &[VolatileSlice],
+    offset: u64,
+    scratch: &mut Vec<u8>,
+    read: &mut impl FnMut(&mut [u8], u64) -> io::Result<()>,
+) -> io::Result<usize> {
     let mut done = 0usize;
-    let mut scratch = Vec::new();
     for slice in bufs {
         let mut in_slice = 0usize;
         while in_slice < slice.len() {
@@ -77,12 +94,14 @@ pub(crate) fn read_into_slices(
             let n = (slice.len() - in_slice)
                 .min(CHUNK)
                 .min(usize::try_from(size - at).unwrap_or(usize::MAX));
-            scratch.resize(n, 0);
-            read(&mut scratch, at)?;
+            if scratch.len() < n {
+                scratch.resize(n, 0);
+            }
+            read(&mut scratch[..n], at)?;
             let dst = slice
                 .subslice(in_slice, n)
                 .map_err(|e| io::Error::other(e.to_string()))?;
-            dst.copy_from(&scratch[..]);
+            dst.copy_from(&scratch[..n]);
             in_slice += n;
             done += n;
         }

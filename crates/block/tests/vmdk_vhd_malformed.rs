@@ -591,3 +591,28 @@ fn vhd_sector_bitmap_clear_bits_read_as_zeros() {
     let e = disk.extent_at(16 * 512, 1 << 20).unwrap();
     assert!(e.data && e.length == 8 * 512, "{e:?}");
 }
+
+#[test]
+fn vmdk_descriptor_with_sparse_and_zero_extents_reads_through() {
+    let dir = Scratch::new("vmdk-desc-sparse");
+    let sparse = vmdk(&dir, "subformat=monolithicSparse");
+    std::fs::rename(&sparse, dir.path("s.vmdk")).unwrap();
+    let sectors = (6 << 20) / 512;
+    let p = descriptor(
+        &dir,
+        "d.vmdk",
+        &format!("RW {sectors} SPARSE \"s.vmdk\"\nRDONLY 16 ZERO\nRW 8 VMFS \"src.raw\" 8"),
+    );
+    let disk = VmdkImage::open(&p).unwrap();
+    assert_eq!(disk.size(), (6 << 20) + 24 * 512);
+    let src = dir.path("src.raw");
+    assert!(read_range(&disk, 0, 6 << 20) == file_range(&src, 0, 6 << 20));
+    assert_eq!(read_range(&disk, 6 << 20, 16 * 512), vec![0u8; 16 * 512]);
+    assert_eq!(
+        read_range(&disk, (6 << 20) + 16 * 512, 8 * 512),
+        file_range(&src, 8 * 512, 8 * 512)
+    );
+    let flat = disk.extent_at((6 << 20) + 16 * 512, 1 << 20).unwrap();
+    assert_eq!(flat.host_offset, Some(8 * 512));
+    assert_eq!(flat.length, 8 * 512);
+}
