@@ -4,10 +4,12 @@
 
 use std::fs::File;
 use std::io;
+use std::num::NonZeroUsize;
 use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use flate2::{Decompress, FlushDecompress, Status};
+use lru::LruCache;
 
 use crate::readonly::invalid;
 
@@ -28,23 +30,40 @@ pub struct GrainSource<'a> {
     pub grain_sectors: u64,
 }
 
-/// The most recently inflated grain, so that reads smaller than a grain do
-/// not inflate it again and again.
-#[derive(Default)]
-pub struct GrainCache(Mutex<Option<(u64, Arc<Vec<u8>>)>>);
+/// Which grain: (extent number, grain number).
+pub type GrainKey = (usize, u64);
+
+/// Inflated grains an image keeps (at most 16 MiB each).
+const CACHED_GRAINS: usize = 4;
+
+/// The most recently inflated grains of an image (shared by its extents,
+/// so memory stays bounded), so that reads smaller than a grain, from a few
+/// threads at once, do not inflate it again and again.
+pub struct GrainCache(Mutex<LruCache<GrainKey, Arc<Vec<u8>>>>);
+
+impl Default for GrainCache {
+    fn default() -> GrainCache {
+        let n = NonZeroUsize::new(CACHED_GRAINS).unwrap_or(NonZeroUsize::MIN);
+        GrainCache(Mutex::new(LruCache::new(n)))
+    }
+}
 
 impl GrainCache {
-    /// Grain `index`, when it is the cached one.
-    pub fn get(&self, index: u64) -> Option<Arc<Vec<u8>>> {
-        match &*self.0.lock().unwrap_or_else(PoisonError::into_inner) {
-            Some((i, grain)) if *i == index => Some(grain.clone()),
-            _ => None,
-        }
+    /// Grain `key`, when it is cached.
+    pub fn get(&self, key: GrainKey) -> Option<Arc<Vec<u8>>> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key)
+            .cloned()
     }
 
-    /// Caches grain `index`.
-    pub fn put(&self, index: u64, grain: Arc<Vec<u8>>) {
-        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some((index, grain));
+    /// Caches grain `key`.
+    pub fn put(&self, key: GrainKey, grain: Arc<Vec<u8>>) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .put(key, grain);
     }
 }
 

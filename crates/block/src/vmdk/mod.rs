@@ -68,6 +68,7 @@ pub struct VmdkImage {
     size: u64,
     extents: Vec<Placed>,
     create_type: String,
+    grains: compressed::GrainCache,
 }
 
 fn unsupported(message: String) -> io::Error {
@@ -106,8 +107,12 @@ fn embedded_descriptor(extent: &SparseExtent, name: &str) -> io::Result<Option<D
 }
 
 /// Opens a sparse extent file and checks its embedded descriptor.
-fn open_sparse(file: File, name: &str) -> io::Result<(SparseExtent, Option<Descriptor>)> {
-    let extent = SparseExtent::open(file, name)?;
+fn open_sparse(
+    file: File,
+    name: &str,
+    sparse_extents: usize,
+) -> io::Result<(SparseExtent, Option<Descriptor>)> {
+    let extent = SparseExtent::open(file, name, sparse_extents)?;
     let embedded = embedded_descriptor(&extent, name)?;
     Ok((extent, embedded))
 }
@@ -123,7 +128,7 @@ impl VmdkImage {
             read_exact_at(&file, &mut magic, 0, "vmdk magic")?;
         }
         if &magic == header::MAGIC {
-            let (extent, embedded) = open_sparse(file, &name)?;
+            let (extent, embedded) = open_sparse(file, &name, 1)?;
             let size = extent.capacity_bytes();
             let create_type = embedded.and_then(|d| d.create_type).unwrap_or_else(|| {
                 if extent.header().compressed {
@@ -141,6 +146,7 @@ impl VmdkImage {
                     store: Store::Sparse(extent),
                 }],
                 create_type,
+                grains: compressed::GrainCache::default(),
             });
         }
         if &magic == header::COWD_MAGIC {
@@ -185,6 +191,11 @@ impl VmdkImage {
                 "vmdk descriptor {name}: the disk size overflows"
             )));
         }
+        let sparse_count = d
+            .extents
+            .iter()
+            .filter(|e| e.kind == ExtentKind::Sparse)
+            .count();
         let mut extents = Vec::with_capacity(d.extents.len());
         let mut start = 0u64;
         for line in &d.extents {
@@ -205,7 +216,7 @@ impl VmdkImage {
                 }
                 (ExtentKind::Sparse, Some(p)) => {
                     let extent_name = p.display().to_string();
-                    let (extent, _) = open_sparse(File::open(&p)?, &extent_name)?;
+                    let (extent, _) = open_sparse(File::open(&p)?, &extent_name, sparse_count)?;
                     if extent.capacity_bytes() < len {
                         return Err(invalid(format!(
                             "vmdk {extent_name}: capacity of {} sectors is less than the descriptor's {}",
@@ -230,6 +241,7 @@ impl VmdkImage {
             size: start,
             extents,
             create_type,
+            grains: compressed::GrainCache::default(),
         })
     }
 
@@ -239,10 +251,11 @@ impl VmdkImage {
     }
 
     /// The extent holding disk byte `offset` (which is below the size).
-    fn placed(&self, offset: u64) -> io::Result<&Placed> {
+    fn placed(&self, offset: u64) -> io::Result<(usize, &Placed)> {
         let i = self.extents.partition_point(|e| e.start + e.len <= offset);
         self.extents
             .get(i)
+            .map(|p| (i, p))
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "offset past the disk"))
     }
 
@@ -251,12 +264,12 @@ impl VmdkImage {
         let mut done = 0usize;
         while done < buf.len() {
             let at = offset + done as u64;
-            let placed = self.placed(at)?;
+            let (index, placed) = self.placed(at)?;
             let within = at - placed.start;
             let n = (buf.len() - done).min((placed.len - within) as usize);
             let dst = &mut buf[done..done + n];
             match &placed.store {
-                Store::Sparse(s) => s.read(dst, within)?,
+                Store::Sparse(s) => s.read(dst, within, &self.grains, index)?,
                 Store::Flat(f) => f.read(dst, within)?,
                 Store::Zero => dst.fill(0),
             }
@@ -369,7 +382,7 @@ impl DiskFile for VmdkImage {
                 ),
             ));
         }
-        let placed = self.placed(offset)?;
+        let (_, placed) = self.placed(offset)?;
         let within = offset - placed.start;
         let max_len = max_len.min(placed.len - within);
         let mut e = match &placed.store {

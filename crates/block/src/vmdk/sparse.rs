@@ -13,8 +13,11 @@ use super::compressed;
 use super::header::{self, SparseHeader, SECTOR};
 use crate::readonly::{invalid, read_exact_at};
 
-/// Grain tables kept in memory per extent (at most 2 KiB each).
-const GT_CACHE_TABLES: usize = 512;
+/// Grain tables (at most 2 KiB each) one image keeps in memory, shared out
+/// among its sparse extents (16 MiB).
+pub const GT_CACHE_BUDGET: usize = 8192;
+/// Grain tables each sparse extent may keep, however many extents there are.
+const GT_CACHE_MIN: usize = 8;
 
 /// What a grain table entry says about one grain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,12 +41,12 @@ pub struct SparseExtent {
     /// Grain table offsets in sectors (0: table not allocated).
     directory: Vec<u32>,
     tables: Mutex<LruCache<usize, Arc<Vec<u32>>>>,
-    last_grain: compressed::GrainCache,
 }
 
 impl SparseExtent {
-    /// Opens the extent in `file`; `name` names it in errors.
-    pub fn open(file: File, name: &str) -> io::Result<SparseExtent> {
+    /// Opens the extent in `file`; `name` names it in errors. It caches
+    /// its share of the grain tables of an image with `sparse_extents`.
+    pub fn open(file: File, name: &str, sparse_extents: usize) -> io::Result<SparseExtent> {
         let file_len = file.metadata()?.len();
         let header = header::read(&file, file_len, name)?;
         let entries = header.gd_entries() as usize; // capped by MAX_GD_ENTRIES
@@ -79,7 +82,8 @@ impl SparseExtent {
                 u64::from(*sector) * SECTOR
             )));
         }
-        let cache = NonZeroUsize::new(GT_CACHE_TABLES).unwrap_or(NonZeroUsize::MIN);
+        let share = (GT_CACHE_BUDGET / sparse_extents.max(1)).max(GT_CACHE_MIN);
+        let cache = NonZeroUsize::new(share).unwrap_or(NonZeroUsize::MIN);
         Ok(SparseExtent {
             file,
             file_len,
@@ -87,7 +91,6 @@ impl SparseExtent {
             header,
             directory,
             tables: Mutex::new(LruCache::new(cache)),
-            last_grain: compressed::GrainCache::default(),
         })
     }
 
@@ -167,8 +170,15 @@ impl SparseExtent {
         self.directory.get(table_index as usize) == Some(&0)
     }
 
-    /// Fills `buf` from `offset` (bytes within the extent's capacity).
-    pub fn read(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+    /// Fills `buf` from `offset` (bytes within the extent's capacity);
+    /// compressed grains go through `grains` under extent number `id`.
+    pub fn read(
+        &self,
+        buf: &mut [u8],
+        offset: u64,
+        grains: &compressed::GrainCache,
+        id: usize,
+    ) -> io::Result<()> {
         let grain_bytes = self.header.grain_bytes();
         let mut done = 0usize;
         while done < buf.len() {
@@ -186,7 +196,7 @@ impl SparseExtent {
                     format_args!("vmdk {}: grain {index}", self.name),
                 )?,
                 Grain::Compressed(host) => {
-                    let grain = self.inflate(index, host)?;
+                    let grain = self.inflate(index, host, grains, id)?;
                     dst.copy_from_slice(&grain[within as usize..within as usize + n]);
                 }
             }
@@ -196,8 +206,14 @@ impl SparseExtent {
     }
 
     /// Grain `index` (compressed at `host`), decompressed to a full grain.
-    fn inflate(&self, index: u64, host: u64) -> io::Result<Arc<Vec<u8>>> {
-        if let Some(grain) = self.last_grain.get(index) {
+    fn inflate(
+        &self,
+        index: u64,
+        host: u64,
+        grains: &compressed::GrainCache,
+        id: usize,
+    ) -> io::Result<Arc<Vec<u8>>> {
+        if let Some(grain) = grains.get((id, index)) {
             return Ok(grain);
         }
         let grain_bytes = self.header.grain_bytes();
@@ -214,7 +230,7 @@ impl SparseExtent {
             host,
             needed,
         )?);
-        self.last_grain.put(index, grain.clone());
+        grains.put((id, index), grain.clone());
         Ok(grain)
     }
 }
