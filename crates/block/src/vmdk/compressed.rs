@@ -161,3 +161,106 @@ pub fn read_grain(src: &GrainSource, index: u64, host: u64, needed: u64) -> io::
     out[produced as usize..].fill(0);
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn zlib(data: &[u8]) -> Vec<u8> {
+        let mut e = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    /// A file holding `bytes` at offset 512; returns it and its length.
+    fn file_with(bytes: &[u8], tag: &str) -> (File, u64) {
+        let path =
+            std::env::temp_dir().join(format!("ferrovisor-grain-{tag}-{}", std::process::id()));
+        let mut content = vec![0u8; 512];
+        content.extend_from_slice(bytes);
+        std::fs::write(&path, &content).unwrap();
+        let f = File::open(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        (f, content.len() as u64)
+    }
+
+    fn source(file: &File, file_len: u64, markers: bool) -> GrainSource<'_> {
+        GrainSource {
+            file,
+            file_len,
+            name: "t",
+            markers,
+            grain_sectors: 8,
+        }
+    }
+
+    fn marked(lba: u64, data: &[u8]) -> Vec<u8> {
+        let mut v = lba.to_le_bytes().to_vec();
+        v.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        v.extend_from_slice(data);
+        v
+    }
+
+    #[test]
+    fn grains_with_and_without_markers_inflate() {
+        let grain: Vec<u8> = (0..4096u32).map(|i| (i % 251) as u8).collect();
+        let (f, len) = file_with(&marked(24, &zlib(&grain)), "marked");
+        assert_eq!(
+            read_grain(&source(&f, len, true), 3, 512, 4096).unwrap(),
+            grain
+        );
+        let (f, len) = file_with(&zlib(&grain), "bare");
+        assert_eq!(
+            read_grain(&source(&f, len, false), 3, 512, 4096).unwrap(),
+            grain
+        );
+        // A short last grain: the rest of the grain reads as zeros.
+        let (f, len) = file_with(&marked(0, &zlib(&grain[..1000])), "short");
+        let got = read_grain(&source(&f, len, true), 0, 512, 1000).unwrap();
+        assert_eq!(&got[..1000], &grain[..1000]);
+        assert!(got[1000..].iter().all(|b| *b == 0));
+    }
+
+    #[test]
+    fn bad_grains_are_refused() {
+        let grain = vec![7u8; 4096];
+        let cases: Vec<(&str, Vec<u8>, bool, u64)> = vec![
+            (
+                "past the grain size",
+                marked(0, &zlib(&[1u8; 5000])),
+                true,
+                4096,
+            ),
+            ("truncated", marked(0, &zlib(&grain)[..20]), true, 4096),
+            ("corrupt deflate", marked(0, &[0xffu8; 40]), true, 4096),
+            (
+                "the grain needs 4096",
+                marked(0, &zlib(&grain[..100])),
+                true,
+                4096,
+            ),
+            ("marker says sector 8", marked(8, &zlib(&grain)), true, 4096),
+            ("compressed size 0", marked(0, &[]), true, 4096),
+            ("marker lies past", vec![1, 2, 3], true, 4096),
+            ("truncated", zlib(&grain)[..30].to_vec(), false, 4096),
+        ];
+        for (i, (want, bytes, markers, needed)) in cases.into_iter().enumerate() {
+            let (f, len) = file_with(&bytes, &format!("bad{i}"));
+            let e = read_grain(&source(&f, len, markers), 0, 512, needed).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+            assert!(e.to_string().contains(want), "{want}: {e}");
+            assert!(
+                e.to_string()
+                    .starts_with("vmdk t: compressed grain 0 at offset 0x200"),
+                "{e}"
+            );
+        }
+        // A marker whose size runs past the end of the file.
+        let mut b = marked(0, &zlib(&grain));
+        b[8..12].copy_from_slice(&9000u32.to_le_bytes());
+        let (f, len) = file_with(&b, "long");
+        let e = read_grain(&source(&f, len, true), 0, 512, 4096).unwrap_err();
+        assert!(e.to_string().contains("past the end of the file"), "{e}");
+    }
+}
