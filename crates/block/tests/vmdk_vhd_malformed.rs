@@ -346,6 +346,24 @@ fn vmdk_extent_paths_cannot_escape() {
         VmdkImage::open(&inside).is_ok(),
         "a symlink staying inside is fine"
     );
+    let status = std::process::Command::new("mkfifo")
+        .arg(dir.path("fifo.raw"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let fifo = descriptor(&dir, "fifo.vmdk", "RW 8 FLAT \"fifo.raw\" 0");
+    assert_err(
+        VmdkImage::open(&fifo),
+        ErrorKind::PermissionDenied,
+        &["not a regular file"],
+    );
+    std::fs::create_dir(dir.path("sub")).unwrap();
+    let sub = descriptor(&dir, "sub.vmdk", "RW 8 FLAT \"sub\" 0");
+    assert_err(
+        VmdkImage::open(&sub),
+        ErrorKind::PermissionDenied,
+        &["not a regular file"],
+    );
     let missing = descriptor(&dir, "missing.vmdk", "RW 8 FLAT \"nope.raw\" 0");
     assert_err(
         VmdkImage::open(&missing),

@@ -48,5 +48,9 @@ pub fn resolve(descriptor: &Path, name: &str) -> io::Result<PathBuf> {
             dir.display()
         )));
     }
+    // Opening a FIFO or a device could block or touch hardware.
+    if !real.metadata()?.is_file() {
+        return Err(refuse("it is not a regular file"));
+    }
     Ok(real)
 }
