@@ -223,3 +223,37 @@ fn writes_are_refused() {
         0
     );
 }
+
+#[test]
+fn vmdk_zeroed_grains_written_by_qemu_io_read_as_zeros() {
+    let (_dir, src, dst) = convert("vmdk-zgw", "vmdk", "zeroed_grain=on", SIZE, 0);
+    let out = std::process::Command::new("qemu-io")
+        .args([
+            "-f",
+            "vmdk",
+            "-c",
+            "write -z 64k 128k",
+            dst.to_str().unwrap(),
+        ])
+        .output()
+        .expect("qemu-io (qemu-utils) must be installed");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let disk = VmdkImage::open(&dst).unwrap();
+    let mut want = file_range(&src, 0, disk.size());
+    want[64 << 10..192 << 10].fill(0);
+    assert!(read_range(&disk, 0, disk.size()) == want);
+    let map = our_map(&disk);
+    assert!(
+        map.iter().any(|e| e.start == 64 << 10
+            && e.length == 128 << 10
+            && e.present
+            && e.zero
+            && !e.data),
+        "{map:?}"
+    );
+    assert_eq!(map, qemu_map(&dst, "vmdk"));
+}
