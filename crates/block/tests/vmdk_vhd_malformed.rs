@@ -323,6 +323,9 @@ fn vmdk_extent_paths_cannot_escape() {
     let disk = VmdkImage::open(&ok).unwrap();
     assert_eq!(read_range(&disk, 0, 4096), vec![0x11u8; 4096]);
 
+    let dotted = descriptor(&dir, "dotted.vmdk", "RW 8 FLAT \"./ok.raw\" 0");
+    assert!(VmdkImage::open(&dotted).is_ok(), "./name stays inside");
+
     let abs = descriptor(
         &dir,
         "abs.vmdk",
