@@ -422,6 +422,13 @@ fn vmdk_bad_descriptors() {
     )
     .unwrap();
     assert_err(VmdkImage::open(&p), ErrorKind::Unsupported, &["vmfsSparse"]);
+    let p = dir.path("notype.vmdk");
+    std::fs::write(&p, "# Disk DescriptorFile\nRW 8 FLAT \"f.raw\" 0\n").unwrap();
+    assert_err(
+        VmdkImage::open(&p),
+        ErrorKind::InvalidData,
+        &["no createType"],
+    );
     let p = dir.path("big.vmdk");
     std::fs::write(&p, vec![b'#'; (1 << 20) + 1]).unwrap();
     assert_err(

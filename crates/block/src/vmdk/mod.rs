@@ -176,7 +176,9 @@ impl VmdkImage {
     fn from_descriptor(path: &Path, d: Descriptor) -> io::Result<VmdkImage> {
         let name = path.display().to_string();
         refuse_parent(&d, &name)?;
-        let create_type = d.create_type.clone().unwrap_or_default();
+        let Some(create_type) = d.create_type.clone() else {
+            return Err(invalid(format!("vmdk descriptor {name}: no createType")));
+        };
         if !CREATE_TYPES.contains(&create_type.as_str()) {
             return Err(unsupported(format!(
                 "vmdk descriptor {name}: createType {create_type:?} is not supported"
