@@ -1,7 +1,9 @@
 //! Flat extents (`FLAT`, `VMFS`): a stretch of a plain file, from a sector
 //! offset on. Holes in the file show in the allocation map as zeros.
 
+use std::fs::File;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::path::Path;
 
 use vm_memory::VolatileSlice;
@@ -18,10 +20,13 @@ pub struct FlatExtent {
 }
 
 impl FlatExtent {
-    /// Opens `path`, which must hold `len` bytes from byte `start` on.
-    pub fn open(path: &Path, start: u64, len: u64) -> io::Result<FlatExtent> {
+    /// Opens the flat extent in `file` (found at `path`), which must hold
+    /// `len` bytes from byte `start` on.
+    pub fn open(file: &File, path: &Path, start: u64, len: u64) -> io::Result<FlatExtent> {
+        // Reopen the very file that was checked (not the path, which could
+        // have changed since) as a raw image.
         let file = RawFile::open(
-            path,
+            Path::new(&format!("/proc/self/fd/{}", file.as_raw_fd())),
             OpenOptions {
                 read_only: true,
                 direct: false,

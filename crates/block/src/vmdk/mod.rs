@@ -202,23 +202,23 @@ impl VmdkImage {
         let mut start = 0u64;
         for line in &d.extents {
             let len = line.sectors * SECTOR;
-            let file_path = match &line.file_name {
-                Some(file_name) => Some(extent_path::resolve(path, file_name)?),
+            let opened = match &line.file_name {
+                Some(file_name) => Some(extent_path::open(path, file_name)?),
                 None => None,
             };
-            let store = match (line.kind, file_path) {
+            let store = match (line.kind, opened) {
                 (ExtentKind::Zero, _) => Store::Zero,
-                (ExtentKind::Flat, Some(p)) => {
+                (ExtentKind::Flat, Some((file, p))) => {
                     let from = line.start_sector.checked_mul(SECTOR).ok_or_else(|| {
                         invalid(format!(
                             "vmdk descriptor {name}: flat extent offset overflows"
                         ))
                     })?;
-                    Store::Flat(FlatExtent::open(&p, from, len)?)
+                    Store::Flat(FlatExtent::open(&file, &p, from, len)?)
                 }
-                (ExtentKind::Sparse, Some(p)) => {
+                (ExtentKind::Sparse, Some((file, p))) => {
                     let extent_name = p.display().to_string();
-                    let (extent, _) = open_sparse(File::open(&p)?, &extent_name, sparse_count)?;
+                    let (extent, _) = open_sparse(file, &extent_name, sparse_count)?;
                     if extent.capacity_bytes() < len {
                         return Err(invalid(format!(
                             "vmdk {extent_name}: capacity of {} sectors is less than the descriptor's {}",
