@@ -35,10 +35,12 @@ pub struct Footer {
     pub disk_type: DiskType,
 }
 
+/// The big-endian u32 at `at` of `b` (which the caller sized).
 pub(crate) fn be32(b: &[u8], at: usize) -> u32 {
     u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
+/// The big-endian u64 at `at` of `b` (which the caller sized).
 pub(crate) fn be64(b: &[u8], at: usize) -> u64 {
     (u64::from(be32(b, at)) << 32) | u64::from(be32(b, at + 4))
 }
