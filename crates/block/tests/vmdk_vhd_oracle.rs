@@ -257,3 +257,44 @@ fn vmdk_zeroed_grains_written_by_qemu_io_read_as_zeros() {
     );
     assert_eq!(map, qemu_map(&dst, "vmdk"));
 }
+
+#[test]
+fn vhd_past_the_largest_chs_geometry_takes_the_current_size() {
+    // Past 65535/16/255 CHS, qemu-img stores the largest geometry and the
+    // size in the footer; readers must take the footer's size.
+    let dir = Scratch::new("vhd-maxchs");
+    let img = dir.path("big.vhd");
+    qemu_img(&["create", "-q", "-f", "vpc", img.to_str().unwrap(), "200G"]);
+    let disk = VhdImage::open(&img).unwrap();
+    assert_eq!(disk.size(), qemu_size(&img, "vpc"));
+    assert_eq!(disk.size(), 200 << 30);
+    let e = disk.extent_at(0, u64::MAX).unwrap();
+    assert!(!e.present && e.zero, "{e:?}");
+    assert_eq!(read_range(&disk, (200 << 30) - 4096, 4096), vec![0u8; 4096]);
+}
+
+#[test]
+fn large_empty_vmdks_from_qemu_img_create_open() {
+    let dir = Scratch::new("vmdk-create");
+    for (name, options, size) in [
+        ("mono.vmdk", "subformat=monolithicSparse", "300G"),
+        ("split.vmdk", "subformat=twoGbMaxExtentSparse", "9G"),
+        ("stream.vmdk", "subformat=streamOptimized", "100G"),
+    ] {
+        let img = dir.path(name);
+        qemu_img(&[
+            "create",
+            "-q",
+            "-f",
+            "vmdk",
+            "-o",
+            options,
+            img.to_str().unwrap(),
+            size,
+        ]);
+        let disk = VmdkImage::open(&img).unwrap();
+        assert_eq!(disk.size(), qemu_size(&img, "vmdk"), "{options}");
+        assert_eq!(read_range(&disk, disk.size() - 8192, 8192), vec![0u8; 8192]);
+        assert_eq!(our_map(&disk), qemu_map(&img, "vmdk"), "{options}");
+    }
+}

@@ -37,10 +37,6 @@ const CREATE_TYPES: &[&str] = &[
     "custom",
 ];
 
-/// The most grain lookups one `extent_at` call makes; a longer run is
-/// reported in pieces, so a crafted image cannot stall the caller.
-const MAX_MAP_STEPS: u32 = 1 << 16;
-
 /// Whether the first bytes of a file look like a VMDK: a sparse extent
 /// (`KDMV`) or a descriptor file.
 pub fn probe(first_bytes: &[u8]) -> bool {
@@ -281,33 +277,13 @@ impl VmdkImage {
     }
 
     /// The allocation map of a sparse extent from `within` (bytes in the
-    /// extent), at most `max_len` bytes: runs of grains of one kind (and,
-    /// for plain grains, contiguous in the file).
+    /// extent), at most `max_len` bytes: a run of grains stored alike.
     fn sparse_extent(s: &SparseExtent, within: u64, max_len: u64) -> io::Result<Extent> {
         let grain_bytes = s.header().grain_bytes();
-        let per_table = u64::from(s.header().gtes_per_gt);
         let first = within / grain_bytes;
-        let kind = s.grain(first)?;
         let end = within + max_len;
-        let mut next = first + 1;
-        let mut steps = 0;
-        while next * grain_bytes < end && steps < MAX_MAP_STEPS {
-            steps += 1;
-            if kind == Grain::Unallocated && s.table_absent(next) {
-                next = (next / per_table + 1) * per_table;
-                continue;
-            }
-            let same = match (kind, s.grain(next)?) {
-                (Grain::Data(a), Grain::Data(b)) => b == a + (next - first) * grain_bytes,
-                (Grain::Compressed(_), Grain::Compressed(_)) => true,
-                (a, b) => a == b,
-            };
-            if !same {
-                break;
-            }
-            next += 1;
-        }
-        let length = (next * grain_bytes).min(end) - within;
+        let (grains, kind) = s.run(first, end.div_ceil(grain_bytes) - first)?;
+        let length = ((first + grains) * grain_bytes).min(end) - within;
         let skip = within - first * grain_bytes;
         Ok(match kind {
             Grain::Unallocated => extent(within, length, false, true, false, false, None),

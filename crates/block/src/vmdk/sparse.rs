@@ -18,6 +18,8 @@ use crate::readonly::{invalid, read_exact_at};
 pub const GT_CACHE_BUDGET: usize = 8192;
 /// Grain tables each sparse extent may keep, however many extents there are.
 const GT_CACHE_MIN: usize = 8;
+/// The most grain tables one [`SparseExtent::run`] looks at.
+pub const MAX_RUN_TABLES: u32 = 1024;
 
 /// What a grain table entry says about one grain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,19 +157,59 @@ impl SparseExtent {
             return Ok(Grain::Unallocated);
         }
         let table = self.table(table_index, sector)?;
-        let entry = table[(index % per_table) as usize];
-        Ok(match entry {
+        Ok(self.classify(table[(index % per_table) as usize]))
+    }
+
+    /// What grain table entry `entry` says.
+    fn classify(&self, entry: u32) -> Grain {
+        match entry {
             0 => Grain::Unallocated,
             1 if self.header.zero_grain => Grain::Zeroed,
             s if self.header.compressed => Grain::Compressed(u64::from(s) * SECTOR),
             s => Grain::Data(u64::from(s) * SECTOR),
-        })
+        }
     }
 
-    /// Whether the whole grain table covering grain `index` is unallocated.
-    pub fn table_absent(&self, index: u64) -> bool {
-        let table_index = index / u64::from(self.header.gtes_per_gt);
-        self.directory.get(table_index as usize) == Some(&0)
+    /// How grain `first` is stored, and how many grains from it on (at
+    /// most `max_grains`, at least 1) are stored alike: unallocated, zeroed,
+    /// compressed, or plain and contiguous in the file. Looks at no more
+    /// than [`MAX_RUN_TABLES`] grain tables, so a crafted image cannot
+    /// stall the caller; a longer run comes back in pieces.
+    pub fn run(&self, first: u64, max_grains: u64) -> io::Result<(u64, Grain)> {
+        let kind = self.grain(first)?;
+        let per_table = u64::from(self.header.gtes_per_gt);
+        let grain_bytes = self.header.grain_bytes();
+        let end = first.saturating_add(max_grains.max(1));
+        let mut next = first + 1;
+        let mut tables = 0;
+        'tables: while next < end && tables < MAX_RUN_TABLES {
+            tables += 1;
+            let t = (next / per_table) as usize;
+            let table_end = ((t as u64 + 1) * per_table).min(end);
+            let Some(&sector) = self.directory.get(t) else {
+                break;
+            };
+            if sector == 0 {
+                if kind != Grain::Unallocated {
+                    break;
+                }
+                next = table_end;
+                continue;
+            }
+            let table = self.table(t, sector)?;
+            while next < table_end {
+                let same = match (kind, self.classify(table[(next % per_table) as usize])) {
+                    (Grain::Data(a), Grain::Data(b)) => b == a + (next - first) * grain_bytes,
+                    (Grain::Compressed(_), Grain::Compressed(_)) => true,
+                    (a, b) => a == b,
+                };
+                if !same {
+                    break 'tables;
+                }
+                next += 1;
+            }
+        }
+        Ok((next - first, kind))
     }
 
     /// Fills `buf` from `offset` (bytes within the extent's capacity);
