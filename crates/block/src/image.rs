@@ -16,9 +16,9 @@ pub enum Format {
     Raw,
     /// qcow2 (versions 2 and 3).
     Qcow2,
-    /// VMDK (read-only; not built into this branch yet).
+    /// VMDK (read-only).
     Vmdk,
-    /// VHD, named "vpc" as in qemu-img (read-only; not built into this branch yet).
+    /// VHD, named "vpc" as in qemu-img (read-only).
     Vpc,
 }
 
@@ -68,8 +68,23 @@ pub fn probe(path: &Path) -> io::Result<Format> {
         }
     }
     let first = &first[..n];
+    let len = file.metadata()?.len();
+    let mut last = [0u8; 512];
+    let mut got = 0;
+    if len >= 512 {
+        while got < last.len() {
+            match file.read_at(&mut last[got..], len - 512 + got as u64)? {
+                0 => break,
+                k => got += k,
+            }
+        }
+    }
     Ok(if qcow2::probe(first) {
         Format::Qcow2
+    } else if crate::vmdk::probe(first) {
+        Format::Vmdk
+    } else if crate::vhd::probe(first, &last[..got]) {
+        Format::Vpc
     } else {
         Format::Raw
     })
@@ -117,9 +132,11 @@ pub(crate) fn open_at_depth(
             };
             Ok(Box::new(Qcow2Image::open_at_depth(path, &q, depth)?))
         }
-        Format::Vmdk | Format::Vpc => Err(io::Error::new(
+        Format::Vmdk | Format::Vpc if !options.read_only => Err(io::Error::new(
             io::ErrorKind::Unsupported,
-            format!("the {format} reader is not built into this branch"),
+            format!("{format} images are read-only here: open them read-only (readonly=on), or convert them"),
         )),
+        Format::Vmdk => Ok(Box::new(crate::vmdk::VmdkImage::open(path)?)),
+        Format::Vpc => Ok(Box::new(crate::vhd::VhdImage::open(path)?)),
     }
 }

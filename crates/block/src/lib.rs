@@ -5,6 +5,9 @@
 pub mod image;
 pub mod qcow2;
 pub mod raw;
+mod readonly;
+pub mod vhd;
+pub mod vmdk;
 
 pub use image::{open_image, Format, ImageOptions};
 pub use qcow2::Qcow2Image;

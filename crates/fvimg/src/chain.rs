@@ -57,7 +57,7 @@ pub struct CommitArgs {
 fn qcow2(image: &Image) -> Result<&block::Qcow2Image, Failure> {
     match image {
         Image::Qcow2(q) => Ok(q),
-        Image::Raw(..) => Err("the image must be qcow2".into()),
+        Image::Raw(..) | Image::ReadOnly(..) => Err("the image must be qcow2".into()),
     }
 }
 

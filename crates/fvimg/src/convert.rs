@@ -171,7 +171,7 @@ pub fn run(args: Args) -> Result<u8, Failure> {
             let cs = q.header().cluster_size() as usize;
             (cs, if sparse == 0 { 0 } else { sparse.max(cs) })
         }
-        Image::Raw(..) => (512, sparse),
+        Image::Raw(..) | Image::ReadOnly(..) => (512, sparse),
     };
     let map = extents(&src)?;
     let total: u64 = map.iter().filter(|e| !e.zero).map(|e| e.length).sum();

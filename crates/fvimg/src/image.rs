@@ -16,6 +16,8 @@ pub enum Image {
     Raw(RawFile, std::fs::File),
     /// A qcow2 image.
     Qcow2(Box<Qcow2Image>),
+    /// An image of a read-only format (VMDK, VHD), read through the block crate.
+    ReadOnly(Format, Box<dyn DiskFile>),
 }
 
 impl Image {
@@ -69,21 +71,21 @@ impl Image {
                     ..Default::default()
                 },
             )?))),
-            other => {
-                // Readers of other formats come through the block crate.
-                let _ = block::open_image(
+            other if read_only => Ok(Image::ReadOnly(
+                other,
+                block::open_image(
                     path,
                     &ImageOptions {
                         read_only: true,
                         format: Some(other),
                         ..Default::default()
                     },
-                )?;
-                Err(io::Error::new(
-                    io::ErrorKind::Unsupported,
-                    format!("{other} images"),
-                ))
-            }
+                )?,
+            )),
+            other => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!("{other} images are read-only here (convert them to qcow2 or raw)"),
+            )),
         }
     }
 
@@ -92,6 +94,7 @@ impl Image {
         match self {
             Image::Raw(..) => Format::Raw,
             Image::Qcow2(_) => Format::Qcow2,
+            Image::ReadOnly(format, _) => *format,
         }
     }
 
@@ -100,6 +103,7 @@ impl Image {
         match self {
             Image::Raw(r, _) => r,
             Image::Qcow2(q) => q.as_ref(),
+            Image::ReadOnly(_, d) => d.as_ref(),
         }
     }
 
@@ -113,6 +117,7 @@ impl Image {
                 Ok(())
             }
             Image::Raw(r, _) => block::read_exact_at(r, buf, offset),
+            Image::ReadOnly(_, d) => block::read_exact_at(d.as_ref(), buf, offset),
         }
     }
 
@@ -126,6 +131,10 @@ impl Image {
         match self {
             Image::Qcow2(q) => q.write_at(buf, offset),
             Image::Raw(_, f) => std::os::unix::fs::FileExt::write_all_at(f, buf, offset),
+            Image::ReadOnly(format, _) => Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!("{format} images are read-only"),
+            )),
         }
     }
 }

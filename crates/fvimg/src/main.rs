@@ -283,6 +283,9 @@ fn run(command: Command) -> Result<u8, Failure> {
             };
             match &image {
                 Image::Qcow2(q) => q.resize(new.div_ceil(512) * 512)?,
+                Image::ReadOnly(format, _) => {
+                    return Err(format!("{format} images are read-only").into());
+                }
                 Image::Raw(..) => {
                     if new < old {
                         return Err("shrinking is not supported".into());

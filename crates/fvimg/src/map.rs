@@ -16,7 +16,7 @@ fn chain_names(path: &Path, image: &Image) -> Vec<PathBuf> {
             .header()
             .backing_file
             .map(|b| block::qcow2::resolve_backing(path, &b)),
-        Image::Raw(..) => None,
+        Image::Raw(..) | Image::ReadOnly(..) => None,
     };
     while let Some(p) = cur.take() {
         if names.len() > block::qcow2::MAX_BACKING_DEPTH as usize {

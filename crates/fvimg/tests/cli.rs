@@ -488,3 +488,45 @@ fn repair_clears_the_corrupt_mark() {
     assert_eq!(info["format-specific"]["data"]["corrupt"], false);
     ok("qemu-io", &["-c", "write 0 512", &img]);
 }
+
+/// Images of other hypervisors convert to qcow2 and raw equal to their
+/// source, and `info` names their format; writing to them is refused.
+#[test]
+fn vmdk_and_vhd_images_convert_and_report() {
+    let s = Scratch::new("foreign");
+    let src = s.p("src.raw");
+    pattern(&src, 6 << 20, 7);
+    for (format, opts, name) in [
+        ("vmdk", "subformat=streamOptimized", "a.vmdk"),
+        ("vmdk", "subformat=monolithicSparse", "b.vmdk"),
+        ("vpc", "subformat=dynamic", "c.vhd"),
+        ("vpc", "subformat=fixed", "d.vhd"),
+    ] {
+        let image = s.p(name);
+        ok(
+            "qemu-img",
+            &[
+                "convert", "-f", "raw", "-O", format, "-o", opts, &src, &image,
+            ],
+        );
+        let info = json(&ok("fvimg", &["info", "--output", "json", &image]));
+        assert_eq!(info["format"], format, "{name}: {info}");
+        let q = s.p(&format!("{name}.qcow2"));
+        ok("fvimg", &["convert", "-O", "qcow2", &image, &q]);
+        assert_clean(&q);
+        // Formats named: qemu-img probes a fixed VHD (footer only) as raw.
+        ok(
+            "qemu-img",
+            &["compare", "-f", format, "-F", "qcow2", &image, &q],
+        );
+        let r = s.p(&format!("{name}.raw"));
+        ok("fvimg", &["convert", "-f", format, "-O", "raw", &image, &r]);
+        ok(
+            "qemu-img",
+            &["compare", "-f", format, "-F", "raw", &image, &r],
+        );
+        let (code, _, err) = fvimg(&["resize", &image, "+1M"]);
+        assert_ne!(code, 0, "{name}: resizing a read-only format");
+        assert!(err.contains("read-only"), "{name}: {err}");
+    }
+}
