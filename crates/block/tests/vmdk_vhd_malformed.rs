@@ -2,7 +2,6 @@
 //! purpose. Every one gives a clear error naming the structure (and the
 //! offset), never a panic; escaping extent paths are refused.
 
-#[path = "formats_common/mod.rs"]
 mod common;
 
 use std::fs::OpenOptions;

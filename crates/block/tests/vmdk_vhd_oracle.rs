@@ -2,7 +2,6 @@
 //! pattern read back byte for byte through the block crate, with qemu-img's
 //! virtual size and (where meaningful) its allocation map.
 
-#[path = "formats_common/mod.rs"]
 mod common;
 
 use std::path::Path;

@@ -4,6 +4,10 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod formats;
+#[allow(unused_imports)]
+pub use formats::*;
+
 /// A scratch directory removed on drop.
 pub struct Scratch(pub PathBuf);
 

@@ -1,39 +1,13 @@
-//! Helpers of the VMDK/VHD tests: scratch directories, qemu-img, a raw
-//! source with a known pattern, whole-disk reads and allocation maps.
-
-#![allow(dead_code)]
+//! Helpers of the VMDK/VHD tests: qemu-img, a raw source with a known
+//! pattern, whole-disk reads and allocation maps.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use block::DiskFile;
 use vm_memory::VolatileSlice;
-
-/// A directory removed when dropped.
-pub struct Scratch(pub PathBuf);
-
-impl Scratch {
-    /// A fresh directory named after `tag`.
-    pub fn new(tag: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!("ferrovisor-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-
-    /// A path inside.
-    pub fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// Runs qemu-img with `args`; panics (with its stderr) when it fails or is missing.
 pub fn qemu_img(args: &[&str]) -> String {
