@@ -106,6 +106,7 @@ impl Instance {
             &mem,
             &ctx.files.disks,
             ctx.files.channels.as_ref(),
+            &ctx.files.nets,
         )?;
         {
             let port = ctx.console.port();

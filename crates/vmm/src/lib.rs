@@ -13,6 +13,7 @@ pub mod events;
 mod instance;
 mod memory;
 mod msi;
+mod net;
 mod platform;
 pub mod request;
 mod signals;
