@@ -30,6 +30,7 @@ mod ioapic;
 mod madt;
 mod mem;
 mod mptable;
+mod netproto;
 mod msix;
 mod paging;
 mod pci;
@@ -49,6 +50,7 @@ mod virtio_balloon;
 mod virtio_blk;
 mod virtio_hal;
 mod virtio_msix;
+mod virtio_net;
 mod virtio_pci;
 
 use core::panic::PanicInfo;
