@@ -56,6 +56,12 @@ pub enum Frame<'a> {
         /// The address asked about.
         target_ip: [u8; 4],
     },
+    /// An ARP reply: `sender_ip` is at `sender_mac`.
+    ArpReply {
+        /// Who answered.
+        sender_mac: [u8; 6],
+        sender_ip: [u8; 4],
+    },
     /// An ICMP echo request to us: the whole frame (to echo back).
     EchoRequest,
     /// A UDP datagram to `dst_ip`.
@@ -74,13 +80,20 @@ pub fn parse(frame: &[u8]) -> Frame<'_> {
     match be16(frame, 12) {
         ETH_ARP if frame.len() >= ETH_LEN + 28 => {
             let a = &frame[ETH_LEN..];
-            if be16(a, 6) != 1 {
-                return Frame::Other;
-            }
             let mut sender_mac = [0u8; 6];
             sender_mac.copy_from_slice(&a[8..14]);
             let mut sender_ip = [0u8; 4];
             sender_ip.copy_from_slice(&a[14..18]);
+            match be16(a, 6) {
+                1 => {}
+                2 => {
+                    return Frame::ArpReply {
+                        sender_mac,
+                        sender_ip,
+                    }
+                }
+                _ => return Frame::Other,
+            }
             let mut target_ip = [0u8; 4];
             target_ip.copy_from_slice(&a[24..28]);
             Frame::ArpRequest {
@@ -126,8 +139,22 @@ pub fn parse(frame: &[u8]) -> Frame<'_> {
     }
 }
 
+/// Writes a broadcast ARP request for `target` (we are `mac`/`ip`) into `out`; its length.
+pub fn arp_request(out: &mut [u8], mac: [u8; 6], ip: [u8; 4], target: [u8; 4]) -> usize {
+    let n = arp_reply(out, mac, ip, [0; 6], target);
+    out[..6].fill(0xff);
+    out[ETH_LEN + 7] = 1;
+    n
+}
+
 /// Writes an ARP reply (we are `mac`/`ip`) into `out`; its length.
-pub fn arp_reply(out: &mut [u8], mac: [u8; 6], ip: [u8; 4], to_mac: [u8; 6], to_ip: [u8; 4]) -> usize {
+pub fn arp_reply(
+    out: &mut [u8],
+    mac: [u8; 6],
+    ip: [u8; 4],
+    to_mac: [u8; 6],
+    to_ip: [u8; 4],
+) -> usize {
     out[..6].copy_from_slice(&to_mac);
     out[6..12].copy_from_slice(&mac);
     out[12..14].copy_from_slice(&ETH_ARP.to_be_bytes());

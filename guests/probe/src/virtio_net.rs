@@ -72,9 +72,13 @@ fn slice_mut(buf: &mut [u8], slot: u16) -> &'static mut [u8] {
 impl Net {
     /// Finds, negotiates and starts the device with `want_pairs` pairs.
     pub fn open(info: &StartInfo, want_pairs: u16) -> Result<Net, Reason> {
-        let virtio_pci::Function {
-            access, bdf, ..
-        } = virtio_pci::open(info, "virtio network device", &[NET_MODERN, NET_TRANSITIONAL], None, false)?;
+        let virtio_pci::Function { access, bdf, .. } = virtio_pci::open(
+            info,
+            "virtio network device",
+            &[NET_MODERN, NET_TRANSITIONAL],
+            None,
+            false,
+        )?;
         let mut root = PciRoot::new(access);
         let function = DeviceFunction {
             bus: bdf.bus,
@@ -98,7 +102,11 @@ impl Net {
             1
         };
         if want_pairs > max_pairs {
-            bail!("{} queue pairs wanted, the device has {}", want_pairs, max_pairs);
+            bail!(
+                "{} queue pairs wanted, the device has {}",
+                want_pairs,
+                max_pairs
+            );
         }
         let event_idx = features & F_EVENT_IDX != 0;
         let mut pairs = Vec::new();
@@ -121,8 +129,13 @@ impl Net {
         }
         let mut ctrl = if features & F_MQ != 0 {
             Some(
-                VirtQueue::<ProbeHal, CTRL_QUEUE_SIZE>::new(&mut transport, 2 * max_pairs, false, false)
-                    .map_err(|e| fail_reason!("control queue: {}", e))?,
+                VirtQueue::<ProbeHal, CTRL_QUEUE_SIZE>::new(
+                    &mut transport,
+                    2 * max_pairs,
+                    false,
+                    false,
+                )
+                .map_err(|e| fail_reason!("control queue: {}", e))?,
             )
         } else {
             None
@@ -169,8 +182,8 @@ impl Net {
         let buf = slice_mut(&mut pair.rx_bufs, slot);
         // SAFETY: the slot's buffer stays allocated and untouched until
         // `pop_used` returns it in `poll_rx`.
-        let token = unsafe { pair.rx.add(&[], &mut [buf]) }
-            .map_err(|e| fail_reason!("rx add: {}", e))?;
+        let token =
+            unsafe { pair.rx.add(&[], &mut [buf]) }.map_err(|e| fail_reason!("rx add: {}", e))?;
         pair.rx_slot[usize::from(token)] = slot;
         Ok(())
     }
@@ -182,9 +195,9 @@ impl Net {
         }
     }
 
-    /// Takes the next received frame of pair `p` (without its header) and
-    /// hands it to `f`; the buffer is posted again afterwards.
-    pub fn poll_rx<R>(&mut self, p: usize, f: impl FnOnce(&[u8]) -> R) -> Result<Option<R>, Reason> {
+    /// The next received frame of pair `p` (without its header) and the
+    /// slot to give back with [`Net::rx_done`] once it is handled.
+    pub fn rx_next(&mut self, p: usize) -> Result<Option<(u16, &'static [u8])>, Reason> {
         let pair = &mut self.pairs[p];
         let Some(token) = pair.rx.peek_used() else {
             return Ok(None);
@@ -196,10 +209,15 @@ impl Net {
             .map_err(|e| fail_reason!("rx pop: {}", e))? as usize;
         pair.rx_frames += 1;
         let frame = &slice_mut(&mut pair.rx_bufs, slot)[HEADER.min(len)..len.min(BUF)];
-        let r = f(frame);
+        Ok(Some((slot, frame)))
+    }
+
+    /// Posts the buffer of `slot` (from [`Net::rx_next`]) again; the frame
+    /// it held must no longer be used.
+    pub fn rx_done(&mut self, p: usize, slot: u16) -> Result<(), Reason> {
         self.post_rx(p, slot)?;
         self.kick_rx(p);
-        Ok(Some(r))
+        Ok(())
     }
 
     /// Reclaims the transmit buffers the device finished with on pair `p`.
@@ -220,20 +238,36 @@ impl Net {
     /// Sends one frame built by `build` (given the frame area after the
     /// header, returning the frame's length) on pair `p`; false when every
     /// transmit buffer is in flight.
-    pub fn send(&mut self, p: usize, build: impl FnOnce(&mut [u8]) -> usize) -> Result<bool, Reason> {
+    pub fn send(
+        &mut self,
+        p: usize,
+        build: impl FnOnce(&mut [u8]) -> usize,
+    ) -> Result<bool, Reason> {
+        self.send_raw(p, |buf| {
+            buf[..HEADER].fill(0);
+            HEADER + build(&mut buf[HEADER..]).min(BUF - HEADER)
+        })
+    }
+
+    /// Sends the buffer `build` fills (header included; it returns the
+    /// bytes to send) on pair `p`: how the `HOSTILE` command sends bad headers.
+    pub fn send_raw(
+        &mut self,
+        p: usize,
+        build: impl FnOnce(&mut [u8]) -> usize,
+    ) -> Result<bool, Reason> {
         self.reclaim_tx(p)?;
         let pair = &mut self.pairs[p];
         let Some(slot) = pair.tx_free.pop() else {
             return Ok(false);
         };
         let buf = slice_mut(&mut pair.tx_bufs, slot);
-        buf[..HEADER].fill(0);
-        let len = HEADER + build(&mut buf[HEADER..]).min(BUF - HEADER);
+        let len = build(buf).clamp(1, BUF);
         let frame = &buf[..len];
         // SAFETY: the slot's buffer stays allocated and untouched until
         // `reclaim_tx` pops it.
-        let token = unsafe { pair.tx.add(&[frame], &mut []) }
-            .map_err(|e| fail_reason!("tx add: {}", e))?;
+        let token =
+            unsafe { pair.tx.add(&[frame], &mut []) }.map_err(|e| fail_reason!("tx add: {}", e))?;
         pair.tx_slot[usize::from(token)] = slot;
         pair.tx_len[usize::from(token)] = len as u16;
         if pair.tx.should_notify() {

@@ -5,12 +5,20 @@
 //! - control port 9000, ASCII commands from the host:
 //!   `SINK <bytes> <fnv64-hex>`: the host will send `bytes` to port 9001 as
 //!   datagrams `[seq u32 le][data]`; the probe acks in order (`ACK <next>`,
-//!   go-back-N on the host) and answers `DONE <bytes> <fnv> ok|bad`.
+//!   go-back-N on the host) and answers `DONE <bytes> <fnv> ok|bad`. The
+//!   checksum is FNV-1a 64 over each datagram's data as little-endian u64
+//!   words (the last one zero-padded).
 //!   `SOURCE <bytes> <datagram>`: the probe sends `bytes` of a fixed pattern
 //!   to the requester's port in datagrams of `datagram` bytes, window 64,
 //!   resending from the last `ACK <next>` after 20 ms of silence; then
 //!   `DONE <bytes> <fnv>`.
 //!   `STATS`: `STATS pairs=N q0=F q1=F kicks=K` (frames received per pair).
+//!   `CALL <ip> <word>`: resolves `ip` by ARP, sends `word` to its UDP
+//!   echo port from port 9003 and reports the echo as `CALLED <ip> <word>`
+//!   (two guests on one bridge reach each other).
+//!   `HOSTILE`: sends three malformed frames (an unknown gso_type, a
+//!   checksum offset past the frame, a chain shorter than the header) and
+//!   answers `HOSTILE sent=3`; the device drops and counts them.
 //!   `BYE`: prints the figures and passes.
 //! - `pairs=N` (default 1) queue pairs (MQ through the control queue);
 //!   `timeout=S` seconds (default 600) before it gives up.
@@ -30,8 +38,12 @@ const ECHO_PORT: u16 = 7;
 const WINDOW: u32 = 64;
 const RESEND_US: u64 = 20_000;
 const ACK_EVERY: u32 = 16;
+const CALL_PORT: u16 = 9003;
+const ARP_RETRY_US: u64 = 200_000;
 
-/// FNV-1a 64 over a byte stream.
+/// FNV-1a 64 over the little-endian u64 words of each datagram's data (a
+/// short last word zero-padded): word-wise, because ring-0 code is
+/// emulated instruction by instruction under kvm_pvm.
 #[derive(Clone, Copy)]
 struct Fnv(u64);
 
@@ -40,16 +52,36 @@ impl Fnv {
         Fnv(0xcbf2_9ce4_8422_2325)
     }
     fn update(&mut self, data: &[u8]) {
-        for &b in data {
-            self.0 ^= u64::from(b);
+        let mut words = data.chunks_exact(8);
+        for w in &mut words {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(w);
+            self.0 ^= u64::from_le_bytes(b);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        let rest = words.remainder();
+        if !rest.is_empty() {
+            let mut b = [0u8; 8];
+            b[..rest.len()].copy_from_slice(rest);
+            self.0 ^= u64::from_le_bytes(b);
             self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
         }
     }
 }
 
-/// The byte at stream offset `o` of what `SOURCE` sends.
-fn pattern(o: u64) -> u8 {
-    (o.wrapping_mul(2_654_435_761) >> 13) as u8
+/// Fills `out` with what `SOURCE` sends at stream offset `start` (a
+/// multiple of 8): word `i` of the stream is `i * 0x9e37_79b9_7f4a_7c15`.
+fn pattern(start: u64, out: &mut [u8]) {
+    let first = start / 8;
+    let mut words = out.chunks_exact_mut(8);
+    let mut i = first;
+    for w in &mut words {
+        w.copy_from_slice(&i.wrapping_mul(0x9e37_79b9_7f4a_7c15).to_le_bytes());
+        i += 1;
+    }
+    let rest = words.into_remainder();
+    let n = rest.len();
+    rest.copy_from_slice(&i.wrapping_mul(0x9e37_79b9_7f4a_7c15).to_le_bytes()[..n]);
 }
 
 type Peer = ([u8; 6], [u8; 4], u16);
@@ -78,13 +110,44 @@ struct Source {
     last_progress: Deadline,
 }
 
-/// What a received frame asks of the probe, after the frame is released.
+/// A `CALL` in progress.
+struct Call {
+    target: [u8; 4],
+    word: FmtBuf<96>,
+    host: Peer,
+    target_mac: Option<[u8; 6]>,
+    retry: Deadline,
+}
+
+/// What a received frame asks of the probe (sent while the frame is still
+/// in its receive buffer: nothing large is copied).
 enum Reply {
     None,
-    Arp { mac: [u8; 6], ip: [u8; 4] },
-    Echo { frame: [u8; BUF], len: usize },
-    Udp { to: Peer, from_port: u16, text: FmtBuf<96> },
-    UdpEcho { to: Peer, from_port: u16, data: [u8; BUF], len: usize },
+    ArpAsk([u8; 4]),
+    Hostile {
+        to: Peer,
+    },
+    Stats {
+        to: Peer,
+    },
+    Arp {
+        mac: [u8; 6],
+        ip: [u8; 4],
+    },
+    /// Echo the ICMP request in the frame.
+    Echo,
+    Udp {
+        to: Peer,
+        from_port: u16,
+        text: FmtBuf<96>,
+    },
+    /// Echo the UDP payload at `start..start + len` of the frame.
+    UdpEcho {
+        to: Peer,
+        from_port: u16,
+        start: usize,
+        len: usize,
+    },
     Bye,
 }
 
@@ -93,6 +156,7 @@ struct State {
     ip: [u8; 4],
     sink: Option<Sink>,
     source: Option<Source>,
+    call: Option<Call>,
 }
 
 fn parse_ip(text: &str) -> Option<[u8; 4]> {
@@ -113,7 +177,7 @@ fn text_reply(to: Peer, from_port: u16, args: core::fmt::Arguments) -> Reply {
 }
 
 impl State {
-    fn handle(&mut self, frame: &[u8], stats: &dyn Fn() -> FmtBuf<96>) -> Reply {
+    fn handle(&mut self, frame: &[u8]) -> Reply {
         match netproto::parse(frame) {
             Frame::ArpRequest {
                 sender_mac,
@@ -123,29 +187,48 @@ impl State {
                 mac: sender_mac,
                 ip: sender_ip,
             },
-            Frame::EchoRequest if frame.len() <= BUF => {
-                let mut copy = [0u8; BUF];
-                copy[..frame.len()].copy_from_slice(frame);
-                Reply::Echo {
-                    frame: copy,
-                    len: frame.len(),
+            Frame::ArpReply {
+                sender_mac,
+                sender_ip,
+            } => {
+                if let Some(call) = self.call.as_mut().filter(|c| c.target == sender_ip) {
+                    if call.target_mac.is_none() {
+                        call.target_mac = Some(sender_mac);
+                        call.retry = Deadline::after_us(0);
+                    }
                 }
+                Reply::None
             }
+            Frame::EchoRequest if frame.len() <= BUF => Reply::Echo,
             Frame::Udp(dst, udp) if dst == self.ip => {
                 let peer = (udp.src_mac, udp.src_ip, udp.src_port);
                 match udp.dst_port {
                     SINK_PORT => self.sink_data(udp.payload),
-                    CONTROL_PORT => self.command(peer, udp.payload, stats),
-                    ECHO_PORT if udp.payload.len() <= BUF => {
-                        let mut data = [0u8; BUF];
-                        data[..udp.payload.len()].copy_from_slice(udp.payload);
-                        Reply::UdpEcho {
-                            to: peer,
-                            from_port: ECHO_PORT,
-                            data,
-                            len: udp.payload.len(),
+                    CALL_PORT => match self.call.take() {
+                        Some(call) if call.target == udp.src_ip => text_reply(
+                            call.host,
+                            CONTROL_PORT,
+                            format_args!(
+                                "CALLED {}.{}.{}.{} {}",
+                                udp.src_ip[0],
+                                udp.src_ip[1],
+                                udp.src_ip[2],
+                                udp.src_ip[3],
+                                core::str::from_utf8(udp.payload).unwrap_or("?")
+                            ),
+                        ),
+                        other => {
+                            self.call = other;
+                            Reply::None
                         }
-                    }
+                    },
+                    CONTROL_PORT => self.command(peer, udp.payload),
+                    ECHO_PORT => Reply::UdpEcho {
+                        to: peer,
+                        from_port: ECHO_PORT,
+                        start: udp.payload.as_ptr() as usize - frame.as_ptr() as usize,
+                        len: udp.payload.len(),
+                    },
                     _ => Reply::None,
                 }
             }
@@ -170,11 +253,18 @@ impl State {
             sink.since_ack += 1;
             if sink.bytes >= sink.total {
                 sink.done = true;
-                let ok = if sink.fnv.0 == sink.want_fnv { "ok" } else { "bad" };
+                let ok = if sink.fnv.0 == sink.want_fnv {
+                    "ok"
+                } else {
+                    "bad"
+                };
                 return text_reply(
                     sink.peer,
                     CONTROL_PORT,
-                    format_args!("DONE {} {:016x} {} next={}", sink.bytes, sink.fnv.0, ok, sink.next),
+                    format_args!(
+                        "DONE {} {:016x} {} next={}",
+                        sink.bytes, sink.fnv.0, ok, sink.next
+                    ),
                 );
             }
             if sink.since_ack < ACK_EVERY {
@@ -187,7 +277,7 @@ impl State {
         text_reply(sink.peer, CONTROL_PORT, format_args!("ACK {}", sink.next))
     }
 
-    fn command(&mut self, peer: Peer, payload: &[u8], stats: &dyn Fn() -> FmtBuf<96>) -> Reply {
+    fn command(&mut self, peer: Peer, payload: &[u8]) -> Reply {
         let text = core::str::from_utf8(payload).unwrap_or("");
         let mut words = text.split_ascii_whitespace();
         let num = |w: Option<&str>| w.and_then(|s| s.parse::<u64>().ok());
@@ -212,8 +302,9 @@ impl State {
             }
             Some("SOURCE") => {
                 let total = num(words.next()).unwrap_or(0);
-                let datagram = num(words.next()).unwrap_or(1472).clamp(64, 1472);
-                let chunk = datagram - 4;
+                let datagram = num(words.next()).unwrap_or(1468).clamp(68, 1468);
+                // Data per datagram: a multiple of 8 (the pattern is word-wise).
+                let chunk = (datagram - 4) & !7;
                 let count = total.div_ceil(chunk).min(u64::from(u32::MAX)) as u32;
                 self.source = Some(Source {
                     total,
@@ -242,37 +333,167 @@ impl State {
                 }
                 Reply::None
             }
-            Some("STATS") => Reply::Udp {
-                to: peer,
-                from_port: CONTROL_PORT,
-                text: stats(),
-            },
+            Some("STATS") => Reply::Stats { to: peer },
+            Some("CALL") => {
+                let Some(target) = words.next().and_then(parse_ip) else {
+                    return text_reply(peer, CONTROL_PORT, format_args!("ERR CALL needs an ip"));
+                };
+                self.call = Some(Call {
+                    target,
+                    word: FmtBuf::from_args(format_args!("{}", words.next().unwrap_or("hello"))),
+                    host: peer,
+                    target_mac: None,
+                    retry: Deadline::after_us(ARP_RETRY_US),
+                });
+                Reply::ArpAsk(target)
+            }
+            Some("HOSTILE") => Reply::Hostile { to: peer },
             Some("BYE") => Reply::Bye,
             _ => text_reply(peer, CONTROL_PORT, format_args!("ERR unknown command")),
         }
     }
 }
 
-fn send_reply(net: &mut Net, pair: usize, state: &State, reply: Reply) -> Result<bool, crate::exit::Reason> {
+fn send_text(
+    net: &mut Net,
+    pair: usize,
+    me: ([u8; 6], [u8; 4]),
+    from_port: u16,
+    to: Peer,
+    text: &str,
+) -> Result<bool, crate::exit::Reason> {
+    let bytes = text.as_bytes();
+    net.send(pair, |out| {
+        netproto::udp(out, (me.0, me.1, from_port), to, bytes.len(), |p| {
+            p[..bytes.len()].copy_from_slice(bytes)
+        })
+    })
+}
+
+/// Sends `reply` to what `frame` (still in its receive buffer) asked; false
+/// when every transmit buffer is in flight (try again).
+fn send_reply(
+    net: &mut Net,
+    pair: usize,
+    state: &State,
+    reply: &Reply,
+    frame: &[u8],
+) -> Result<bool, crate::exit::Reason> {
     let me = (state.mac, state.ip);
-    let sent = match reply {
-        Reply::None => true,
-        Reply::Bye => return Ok(true),
-        Reply::Arp { mac, ip } => net.send(pair, |out| netproto::arp_reply(out, me.0, me.1, mac, ip))?,
-        Reply::Echo { frame, len } => net.send(pair, |out| netproto::echo_reply(out, &frame[..len]))?,
-        Reply::Udp { to, from_port, text } => {
-            let bytes = text.as_str().as_bytes();
-            net.send(pair, |out| {
-                netproto::udp(out, (me.0, me.1, from_port), to, bytes.len(), |p| {
-                    p[..bytes.len()].copy_from_slice(bytes)
-                })
-            })?
+    match *reply {
+        Reply::None | Reply::Bye => Ok(true),
+        Reply::ArpAsk(target) => {
+            net.send(pair, |out| netproto::arp_request(out, me.0, me.1, target))
         }
-        Reply::UdpEcho { to, from_port, data, len } => net.send(pair, |out| {
-            netproto::udp(out, (me.0, me.1, from_port), to, len, |p| p[..len].copy_from_slice(&data[..len]))
-        })?,
+        Reply::Hostile { to } => {
+            send_hostile(net, pair, me, to)?;
+            // If this answer finds no buffer, the host asks again.
+            send_text(net, pair, me, CONTROL_PORT, to, "HOSTILE sent=3")?;
+            Ok(true)
+        }
+        Reply::Stats { to } => {
+            let mut t: FmtBuf<96> = FmtBuf::from_args(format_args!("STATS pairs={}", net.pairs()));
+            for q in 0..net.pairs() {
+                let _ = write!(t, " q{}={}", q, net.rx_frames(q));
+            }
+            let _ = write!(t, " kicks={}", net.kicks);
+            send_text(net, pair, me, CONTROL_PORT, to, t.as_str())
+        }
+        Reply::Arp { mac, ip } => {
+            net.send(pair, |out| netproto::arp_reply(out, me.0, me.1, mac, ip))
+        }
+        Reply::Echo => net.send(pair, |out| netproto::echo_reply(out, frame)),
+        Reply::Udp {
+            to,
+            from_port,
+            ref text,
+        } => send_text(net, pair, me, from_port, to, text.as_str()),
+        Reply::UdpEcho {
+            to,
+            from_port,
+            start,
+            len,
+        } => {
+            let data = frame.get(start..start + len).unwrap_or(&[]);
+            net.send(pair, |out| {
+                netproto::udp(out, (me.0, me.1, from_port), to, data.len(), |p| {
+                    p[..data.len()].copy_from_slice(data)
+                })
+            })
+        }
+    }
+}
+
+/// Three frames a correct driver never sends, each waiting for a free buffer.
+fn send_hostile(
+    net: &mut Net,
+    pair: usize,
+    me: ([u8; 6], [u8; 4]),
+    to: Peer,
+) -> Result<(), crate::exit::Reason> {
+    let frame = |buf: &mut [u8], flags: u8, gso: u8, csum_start: u16| {
+        buf[..HEADER].fill(0);
+        buf[0] = flags;
+        buf[1] = gso;
+        buf[4] = 100;
+        buf[6..8].copy_from_slice(&csum_start.to_le_bytes());
+        HEADER
+            + netproto::udp(
+                &mut buf[HEADER..],
+                (me.0, me.1, CONTROL_PORT),
+                to,
+                16,
+                |p| p[..16].fill(0xee),
+            )
     };
-    Ok(sent)
+    let deadline = Deadline::after_us(1_000_000);
+    for kind in 0..3 {
+        loop {
+            let sent = net.send_raw(pair, |buf| match kind {
+                0 => frame(buf, 1, 7, 34),
+                1 => frame(buf, 1, 0, 60_000),
+                _ => 8,
+            })?;
+            if sent {
+                break;
+            }
+            if deadline.expired() {
+                bail!("transmit ring stuck");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Resolves and calls the peer of a `CALL`, retrying the ARP request.
+fn pump_call(net: &mut Net, state: &mut State) -> Result<(), crate::exit::Reason> {
+    let me = (state.mac, state.ip);
+    let Some(call) = state.call.as_mut() else {
+        return Ok(());
+    };
+    if !call.retry.expired() {
+        return Ok(());
+    }
+    call.retry = Deadline::after_us(ARP_RETRY_US);
+    let target = call.target;
+    match call.target_mac {
+        None => {
+            net.send(0, |out| netproto::arp_request(out, me.0, me.1, target))?;
+        }
+        Some(mac) => {
+            let bytes = call.word.as_str().as_bytes();
+            net.send(0, |out| {
+                netproto::udp(
+                    out,
+                    (me.0, me.1, CALL_PORT),
+                    (mac, target, ECHO_PORT),
+                    bytes.len(),
+                    |p| p[..bytes.len()].copy_from_slice(bytes),
+                )
+            })?;
+        }
+    }
+    Ok(())
 }
 
 /// Sends what the window allows of an active `SOURCE`; resends from the
@@ -283,7 +504,8 @@ fn pump_source(net: &mut Net, state: &mut State) -> Result<(), crate::exit::Reas
         return Ok(());
     };
     if src.acked >= src.count {
-        let text: FmtBuf<96> = FmtBuf::from_args(format_args!("DONE {} {:016x}", src.total, src.fnv.0));
+        let text: FmtBuf<96> =
+            FmtBuf::from_args(format_args!("DONE {} {:016x}", src.total, src.fnv.0));
         let bytes = text.as_str().as_bytes();
         let control = src.control;
         state.source = None;
@@ -305,15 +527,19 @@ fn pump_source(net: &mut Net, state: &mut State) -> Result<(), crate::exit::Reas
         let first_time = seq == src.high;
         let mut fnv = src.fnv;
         let sent = net.send(0, |out| {
-            netproto::udp(out, (me.0, me.1, CONTROL_PORT + 2), src.peer, 4 + len, |p| {
-                p[..4].copy_from_slice(&seq.to_le_bytes());
-                for (i, b) in p[4..4 + len].iter_mut().enumerate() {
-                    *b = pattern(start + i as u64);
-                }
-                if first_time {
-                    fnv.update(&p[4..4 + len]);
-                }
-            })
+            netproto::udp(
+                out,
+                (me.0, me.1, CONTROL_PORT + 2),
+                src.peer,
+                4 + len,
+                |p| {
+                    p[..4].copy_from_slice(&seq.to_le_bytes());
+                    pattern(start, &mut p[4..4 + len]);
+                    if first_time {
+                        fnv.update(&p[4..4 + len]);
+                    }
+                },
+            )
         })?;
         if !sent {
             break;
@@ -350,31 +576,20 @@ pub fn run(info: &StartInfo) -> Outcome {
         ip,
         sink: None,
         source: None,
+        call: None,
     };
     let deadline = Deadline::after_us(timeout_s.saturating_mul(1_000_000));
     let start = tsc::now();
     loop {
         let mut idle = true;
         for p in 0..net.pairs() {
-            loop {
-                let counts: [u64; 8] = core::array::from_fn(|i| net.rx_frames(i));
-                let kicks = net.kicks;
-                let npairs = net.pairs();
-                let stats = move || {
-                    let mut t: FmtBuf<96> = FmtBuf::from_args(format_args!("STATS pairs={}", npairs));
-                    for (i, c) in counts.iter().enumerate().take(npairs) {
-                        let _ = write!(t, " q{}={}", i, c);
-                    }
-                    let _ = write!(t, " kicks={}", kicks);
-                    t
-                };
-                let Some(reply) = net.poll_rx(p, |frame| state.handle(frame, &stats))? else {
-                    break;
-                };
+            while let Some((slot, frame)) = net.rx_next(p)? {
                 idle = false;
+                let reply = state.handle(frame);
                 if matches!(reply, Reply::Bye) {
                     let ms = (tsc::now() - start) / tsc::khz().max(1);
-                    let mut line: FmtBuf<96> = FmtBuf::from_args(format_args!("net done ms={} kicks={}", ms, net.kicks));
+                    let mut line: FmtBuf<96> =
+                        FmtBuf::from_args(format_args!("net done ms={} kicks={}", ms, net.kicks));
                     for q in 0..net.pairs() {
                         let _ = write!(line, " q{}={}", q, net.rx_frames(q));
                     }
@@ -383,41 +598,18 @@ pub fn run(info: &StartInfo) -> Outcome {
                 }
                 // A reply that finds every buffer in flight waits for one.
                 let reply_deadline = Deadline::after_us(1_000_000);
-                let mut reply = Some(reply);
-                while let Some(r) = reply.take() {
-                    let keep = clone_reply(&r);
-                    if !send_reply(&mut net, p, &state, r)? {
-                        if reply_deadline.expired() {
-                            bail!("transmit ring stuck");
-                        }
-                        reply = keep;
+                while !send_reply(&mut net, p, &state, &reply, frame)? {
+                    if reply_deadline.expired() {
+                        bail!("transmit ring stuck");
                     }
                 }
+                net.rx_done(p, slot)?;
             }
         }
         pump_source(&mut net, &mut state)?;
+        pump_call(&mut net, &mut state)?;
         if idle && deadline.expired() {
             bail!("timeout after {} s", timeout_s);
         }
     }
-}
-
-fn clone_reply(r: &Reply) -> Option<Reply> {
-    Some(match r {
-        Reply::None => Reply::None,
-        Reply::Bye => Reply::Bye,
-        Reply::Arp { mac, ip } => Reply::Arp { mac: *mac, ip: *ip },
-        Reply::Echo { frame, len } => Reply::Echo { frame: *frame, len: *len },
-        Reply::Udp { to, from_port, text } => Reply::Udp {
-            to: *to,
-            from_port: *from_port,
-            text: FmtBuf::from_args(format_args!("{}", text.as_str())),
-        },
-        Reply::UdpEcho { to, from_port, data, len } => Reply::UdpEcho {
-            to: *to,
-            from_port: *from_port,
-            data: *data,
-            len: *len,
-        },
-    })
 }
