@@ -46,7 +46,13 @@ fn start(ns: &NetNs, cmdline: &str, nets: &[String], api: Option<&Path>) -> VmPr
     let mut cmd = ns.command(Path::new(env!("CARGO_BIN_EXE_ferrovisor")));
     cmd.arg("--kernel")
         .arg(probe())
-        .args(["--debug-exit", "--log-level", "info", "--memory", "size=256M"])
+        .args([
+            "--debug-exit",
+            "--log-level",
+            "info",
+            "--memory",
+            "size=256M",
+        ])
         .args(["--cmdline", cmdline]);
     for n in nets {
         cmd.args(["--net", n]);
@@ -70,9 +76,7 @@ fn counters(api: &Path) -> Value {
 }
 
 fn finish(vm: VmProcess, p: &ProbePeer) -> Exited {
-    let _ = p
-        .socket
-        .send_to(b"BYE", SocketAddrV4::new(p.guest, 9000));
+    let _ = p.socket.send_to(b"BYE", SocketAddrV4::new(p.guest, 9000));
     vm.wait(RUN_TIMEOUT)
 }
 
@@ -91,7 +95,10 @@ fn host_pings_the_guest_and_data_crosses_both_ways_intact() {
         Some(&api),
     );
     let line = vm.wait_for_line("probe: net mac=", RUN_TIMEOUT);
-    assert!(line.contains("mac=52:54:00:12:34:56 status=1 pairs=1"), "{line}");
+    assert!(
+        line.contains("mac=52:54:00:12:34:56 status=1 pairs=1"),
+        "{line}"
+    );
     vm.wait_for_line("probe: net ready", RUN_TIMEOUT);
 
     let ping = ns
@@ -145,7 +152,11 @@ fn two_guests_on_one_bridge_reach_each_other() {
     b.wait_for_line("probe: net ready", RUN_TIMEOUT);
     let pa = peer(&ns, [10, 78, 0, 1], [10, 78, 0, 2]);
     let reply = pa
-        .ask("CALL 10.78.0.3 over-the-bridge", "CALLED", Duration::from_secs(20))
+        .ask(
+            "CALL 10.78.0.3 over-the-bridge",
+            "CALLED",
+            Duration::from_secs(20),
+        )
         .expect("guest a calls guest b");
     assert_eq!(reply, "CALLED 10.78.0.3 over-the-bridge");
     let pb = peer(&ns, [10, 78, 0, 1], [10, 78, 0, 3]);
@@ -191,7 +202,12 @@ fn multiqueue_spreads_flows_over_queue_pairs() {
         .collect();
     assert!(per_queue.iter().all(|&n| n > 0), "{stats}");
     let c = counters(&api);
-    for q in ["q0.rx_packets", "q1.rx_packets", "q0.tx_packets", "q1.tx_packets"] {
+    for q in [
+        "q0.rx_packets",
+        "q1.rx_packets",
+        "q0.tx_packets",
+        "q1.tx_packets",
+    ] {
         assert!(c["net0"][q].as_u64().unwrap() > 0, "{q}: {c}");
     }
     assert_eq!(finish(vm, &peers[0]).code(), debug_exit(0));
@@ -216,7 +232,8 @@ fn malformed_guest_frames_are_dropped_and_counted() {
     p.ask("HOSTILE", "HOSTILE sent=3", Duration::from_secs(10))
         .unwrap();
     // The device still works afterwards.
-    p.echo_round_trips(5, 100).expect("echo after hostile frames");
+    p.echo_round_trips(5, 100)
+        .expect("echo after hostile frames");
     let c = counters(&api);
     assert_eq!(c["net0"]["q0.tx_malformed"], 3, "{c}");
     assert_eq!(finish(vm, &p).code(), debug_exit(0));

@@ -117,6 +117,12 @@ impl NetNs {
     }
 }
 
+impl Default for NetNs {
+    fn default() -> NetNs {
+        NetNs::new()
+    }
+}
+
 impl Drop for NetNs {
     fn drop(&mut self) {
         let _ = Command::new("ip")
@@ -224,7 +230,11 @@ impl ProbePeer {
             }
             fnv = fnv64(&chunk[4..4 + len], fnv);
         }
-        self.ask(&format!("SINK {bytes} {fnv:016x}"), "READY", Duration::from_secs(10))?;
+        self.ask(
+            &format!("SINK {bytes} {fnv:016x}"),
+            "READY",
+            Duration::from_secs(10),
+        )?;
         let sink = SocketAddrV4::new(self.guest, SINK_PORT);
         self.socket
             .set_read_timeout(Some(Duration::from_millis(1)))
@@ -291,7 +301,10 @@ impl ProbePeer {
             .map_err(|e| e.to_string())?;
         let began = Instant::now();
         self.socket
-            .send_to(format!("SOURCE {bytes} {DATAGRAM}").as_bytes(), self.control())
+            .send_to(
+                format!("SOURCE {bytes} {DATAGRAM}").as_bytes(),
+                self.control(),
+            )
             .map_err(|e| format!("send: {e}"))?;
         let mut next = 0u32;
         let mut fnv = FNV_START;
@@ -364,7 +377,9 @@ impl ProbePeer {
         let payload = vec![0x5au8; size];
         for i in 0..n {
             let t = Instant::now();
-            self.socket.send_to(&payload, to).map_err(|e| e.to_string())?;
+            self.socket
+                .send_to(&payload, to)
+                .map_err(|e| e.to_string())?;
             loop {
                 let (got, from) = self
                     .socket

@@ -113,9 +113,7 @@ impl Buses {
         sink: GuestRequestSink,
         vm: &Arc<Vm>,
         mem: &GuestMemory,
-        disks: &[Arc<dyn DiskFile>],
-        channels: Option<&Arc<Mutex<virtio::console::Console>>>,
-        nets: &[crate::net::NetBackend],
+        files: &crate::boot_files::BootFiles,
     ) -> Result<Buses, Error> {
         let pio = Arc::new(Bus::new());
         let mmio = Arc::new(Bus::new());
@@ -193,7 +191,14 @@ impl Buses {
             devices,
             balloon: None,
         };
-        buses.add_virtio_devices(config, vm, mem, disks, channels, nets)?;
+        buses.add_virtio_devices(
+            config,
+            vm,
+            mem,
+            &files.disks,
+            files.channels.as_ref(),
+            &files.nets,
+        )?;
         Ok(buses)
     }
 
