@@ -1,8 +1,6 @@
 //! Device tests over vm-memory and `MockSplitQueue`: frames each way,
 //! merged receive buffers, a full host, and every kind of hostile chain.
 
-use std::collections::VecDeque;
-use std::io;
 use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -14,7 +12,6 @@ use vm_memory::{Address, Bytes, GuestAddress};
 use super::counters::*;
 use super::ctrl::{CtrlQueue, CtrlTarget};
 use super::device::{feature, offered_features, NetConfig};
-use super::frames::FrameIo;
 use super::header::{TxOffloads, HEADER_LEN, MAX_FRAME};
 use super::pair::{QueuePair, HOST_READY, RX_KICK, TX_KICK};
 use super::rx::RxQueue;
@@ -24,54 +21,7 @@ use crate::test_util::{desc, memory, Counter, NEXT, WRITE};
 use crate::worker::QueueHandler;
 use crate::GuestMemory;
 
-/// A host that hands out queued frames and records what it is sent.
-#[derive(Default)]
-struct FakeHost {
-    incoming: VecDeque<Vec<u8>>,
-    sent: Vec<Vec<u8>>,
-    /// Writes fail with WouldBlock while set.
-    full: bool,
-    /// Writes fail with EINVAL while set (the kernel's own header checks).
-    refuse: bool,
-}
-
-impl FrameIo for FakeHost {
-    fn read_frame(&mut self, iovecs: &[libc::iovec]) -> io::Result<usize> {
-        let frame = self
-            .incoming
-            .pop_front()
-            .ok_or_else(|| io::Error::from(io::ErrorKind::WouldBlock))?;
-        let mut done = 0;
-        for iov in iovecs {
-            let n = iov.iov_len.min(frame.len() - done);
-            // SAFETY: the iovecs describe guest memory of the test's mmap,
-            // live for the call, and `frame` has `n` bytes left.
-            unsafe {
-                std::ptr::copy_nonoverlapping(frame[done..].as_ptr(), iov.iov_base.cast(), n)
-            };
-            done += n;
-        }
-        Ok(frame.len())
-    }
-
-    fn write_frame(&mut self, iovecs: &[libc::iovec]) -> io::Result<usize> {
-        if self.full {
-            return Err(io::ErrorKind::WouldBlock.into());
-        }
-        if self.refuse {
-            return Err(io::Error::from_raw_os_error(libc::EINVAL));
-        }
-        let mut frame = Vec::new();
-        for iov in iovecs {
-            // SAFETY: the iovecs describe live guest memory of the test.
-            let part =
-                unsafe { std::slice::from_raw_parts(iov.iov_base.cast::<u8>(), iov.iov_len) };
-            frame.extend_from_slice(part);
-        }
-        self.sent.push(frame);
-        Ok(iovecs.iter().map(|i| i.iov_len).sum())
-    }
-}
+type FakeHost = super::MemoryHost;
 
 const ALL_TX: TxOffloads = TxOffloads {
     csum: true,
@@ -293,7 +243,11 @@ fn merged_buffers_carry_a_large_frame_and_spare_chains_go_back() {
     p.host.incoming.push_back(vec![0xcd; 500]);
     p.process(RX_KICK);
     // 1500 bytes: two chains; 500: the third one.
-    assert_eq!(used_idx(&mem, &rx), 2, "the second frame waits for more buffers");
+    assert_eq!(
+        used_idx(&mem, &rx),
+        2,
+        "the second frame waits for more buffers"
+    );
     assert_eq!(used_len(&mem, &rx, 0), 1024);
     assert_eq!(used_len(&mem, &rx, 1), 476);
     let num_buffers: u16 = mem.read_obj(GuestAddress(0x10_000a)).unwrap();
