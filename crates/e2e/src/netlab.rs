@@ -277,7 +277,7 @@ impl ProbePeer {
                     }
                 }
                 Err(_) => {
-                    if last_progress.elapsed() > Duration::from_millis(50) {
+                    if last_progress.elapsed() > Duration::from_millis(200) {
                         resent += u64::from(next - acked);
                         next = acked;
                         last_progress = Instant::now();

@@ -45,7 +45,10 @@ impl<H: FrameIo> QueuePair<H> {
             let (n, stop) = self.rx.fill(&self.mem, &mut self.host, &self.counters)?;
             total += n;
             match stop {
-                RxStop::HostEmpty => return Ok(total),
+                RxStop::HostEmpty => {
+                    self.suppress_rx_kicks()?;
+                    return Ok(total);
+                }
                 RxStop::NoBuffers => {
                     if !self.rx.queue.enable_notification(&self.mem)? {
                         return Ok(total);
@@ -53,6 +56,29 @@ impl<H: FrameIo> QueuePair<H> {
                 }
             }
         }
+    }
+
+    /// With EVENT_IDX, moves `avail_event` a ring ahead of what the device
+    /// has taken: while the guest has buffers posted, its refills need not
+    /// notify (a driver kicks once it passes `avail_event`, and some, like
+    /// virtio-drivers', whenever its index is beyond it). Running out of
+    /// buffers sets it back to the next one (`enable_notification`).
+    fn suppress_rx_kicks(&mut self) -> Result<(), virtio_queue::Error> {
+        let q = &self.rx.queue;
+        if !q.event_idx_enabled() {
+            return Ok(());
+        }
+        let size = q.size();
+        let ahead = q.next_avail().wrapping_add(size);
+        let addr = q
+            .used_ring()
+            .checked_add(4 + 8 * u64::from(size))
+            .map(vm_memory::GuestAddress)
+            .ok_or(virtio_queue::Error::AddressOverflow)?;
+        use vm_memory::Bytes;
+        self.mem
+            .store(ahead.to_le(), addr, std::sync::atomic::Ordering::Release)
+            .map_err(virtio_queue::Error::GuestMemory)
     }
 
     /// Sends what the guest queued, until it is drained or the host is full.

@@ -481,3 +481,38 @@ fn derived_macs_are_stable_local_unicast() {
     assert_eq!(a[0] & 1, 0, "unicast");
     assert_eq!(a[0] & 2, 2, "locally administered");
 }
+
+#[test]
+fn with_event_idx_receive_refills_do_not_notify_until_the_ring_runs_dry() {
+    let mem = memory();
+    let rx = MockSplitQueue::new(&mem, 16);
+    let tx = MockSplitQueue::create(&mem, GuestAddress(0x8000), 16);
+    rx.add_desc_chains(
+        &[
+            desc(0x10_0000, 2048, WRITE, 0),
+            desc(0x11_0000, 2048, WRITE, 0),
+        ],
+        0,
+    )
+    .unwrap();
+    let (mut p, _, _) = pair(&mem, &rx, &tx, true);
+    p.rx.queue.set_event_idx(true);
+    let avail_event = |mem: &GuestMemory| -> u16 {
+        mem.read_obj(rx.used_addr().unchecked_add(4 + 8 * 16))
+            .unwrap()
+    };
+    p.host.incoming.push_back(vec![1; 100]);
+    p.process(HOST_READY);
+    // The second chain is taken and held for the next frame.
+    assert_eq!(p.rx.queue.next_avail(), 2);
+    assert_eq!(
+        avail_event(&mem),
+        2 + 16,
+        "a ring ahead: refills need no kick"
+    );
+    p.host.incoming.push_back(vec![2; 100]);
+    p.host.incoming.push_back(vec![3; 100]);
+    p.process(HOST_READY);
+    assert_eq!(avail_event(&mem), 2, "dry: the next refill kicks");
+    assert_eq!(p.host.incoming.len(), 1);
+}
