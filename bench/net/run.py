@@ -10,7 +10,9 @@ Per run and VMM (the VMMs alternating run by run):
   checksum (FNV-1a 64 over u64 words) and answers `DONE ... ok`;
 - guest->host: the probe sends --bytes of its pattern (`SOURCE`); this
   script checks every byte and the probe's checksum;
-- latency: --pings UDP echo round trips of 64 bytes; median and p99.
+- latency: --pings UDP echo round trips of 64 bytes; median and p99;
+- guest kicks: the queue notifications the probe wrote over the whole run
+  (the device's notification suppression at work; each is a VM exit).
 
 Payload Gbit/s (payload bytes * 8 / wall time of the transfer), latency in
 microseconds, and the ratios Ferrovisor/QEMU (throughput: higher is better
@@ -23,6 +25,7 @@ import argparse
 import ctypes
 import json
 import os
+import re
 import select
 import socket
 import struct
@@ -244,7 +247,10 @@ def one_run(vmm, args):
         lat = latency(s, args.pings)
         s.sendto(b"BYE", (GUEST_IP, CONTROL))
         proc.wait(30)
-        return {"h2g_gbit": args.bytes * 8 / up[0] / 1e9, "h2g_resent": up[1],
+        rest = proc.stdout.read()
+        m = re.search(rb"probe: net done ms=\d+ kicks=(\d+)", rest)
+        kicks = int(m.group(1)) if m else None
+        return {"kicks": kicks,"h2g_gbit": args.bytes * 8 / up[0] / 1e9, "h2g_resent": up[1],
                 "g2h_gbit": args.bytes * 8 / down / 1e9,
                 "lat_med_us": lat[0], "lat_p99_us": lat[1]}
     finally:
@@ -281,20 +287,23 @@ def main():
             results[vmm].append(res)
             if args.verbose:
                 print(f"run {r} {vmm}: {res}", file=sys.stderr)
-    keys = ["h2g_gbit", "g2h_gbit", "lat_med_us", "lat_p99_us"]
+    keys = ["h2g_gbit", "g2h_gbit", "lat_med_us", "lat_p99_us", "kicks"]
     med = {v: {k: median([x[k] for x in results[v]]) for k in keys} for v in vmms}
     print(f"bytes each way {args.bytes}, runs {args.runs}, window {args.window}")
-    print(f"{'vmm':<12} {'h2g Gbit/s':>11} {'g2h Gbit/s':>11} {'lat med us':>11} {'lat p99 us':>11}")
+    print(f"{'vmm':<12} {'h2g Gbit/s':>11} {'g2h Gbit/s':>11} {'lat med us':>11} "
+          f"{'lat p99 us':>11} {'guest kicks':>11}")
     for v in vmms:
         m = med[v]
         print(f"{v:<12} {fmt(m['h2g_gbit'], 4):>11} {fmt(m['g2h_gbit'], 4):>11} "
-              f"{fmt(m['lat_med_us'], 0):>11} {fmt(m['lat_p99_us'], 0):>11}")
+              f"{fmt(m['lat_med_us'], 0):>11} {fmt(m['lat_p99_us'], 0):>11} "
+              f"{fmt(m['kicks'], 0):>11}")
     if "ferrovisor" in med and "qemu" in med:
         f, q = med["ferrovisor"], med["qemu"]
         print(f"{'fv/qemu':<12} {fmt_ratio(ratio(f['h2g_gbit'], q['h2g_gbit'])):>11} "
               f"{fmt_ratio(ratio(f['g2h_gbit'], q['g2h_gbit'])):>11} "
               f"{fmt_ratio(ratio(f['lat_med_us'], q['lat_med_us'])):>11} "
-              f"{fmt_ratio(ratio(f['lat_p99_us'], q['lat_p99_us'])):>11}")
+              f"{fmt_ratio(ratio(f['lat_p99_us'], q['lat_p99_us'])):>11} "
+              f"{fmt_ratio(ratio(f['kicks'], q['kicks'])):>11}")
     if args.json:
         with open(args.json, "w") as out:
             json.dump({"args": vars(args), "runs": results, "medians": med}, out, indent=1)
