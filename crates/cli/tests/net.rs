@@ -238,3 +238,48 @@ fn malformed_guest_frames_are_dropped_and_counted() {
     assert_eq!(c["net0"]["q0.tx_malformed"], 3, "{c}");
     assert_eq!(finish(vm, &p).code(), debug_exit(0));
 }
+
+/// Opens TAP `name` inside `ns` (IFF_TAP | IFF_NO_PI | IFF_VNET_HDR) and
+/// returns its descriptor, inheritable (no CLOEXEC).
+fn open_tap_fd(ns: &NetNs, name: &'static str) -> std::os::fd::OwnedFd {
+    ns.run_inside(move || {
+        use std::os::fd::{FromRawFd, OwnedFd};
+        // SAFETY: open(2) of a constant path; the result is checked.
+        let fd = unsafe { libc::open(c"/dev/net/tun".as_ptr(), libc::O_RDWR) };
+        assert!(fd >= 0, "open /dev/net/tun");
+        // SAFETY: `fd` was just opened and is owned by nothing else.
+        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        let mut req = [0u8; 40];
+        req[..name.len()].copy_from_slice(name.as_bytes());
+        let flags = (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as i16;
+        req[16..18].copy_from_slice(&flags.to_ne_bytes());
+        // SAFETY: TUNSETIFF reads and writes a 40-byte ifreq, which `req` is.
+        let r = unsafe { libc::ioctl(fd, libc::TUNSETIFF, req.as_mut_ptr()) };
+        assert_eq!(r, 0, "TUNSETIFF: {}", std::io::Error::last_os_error());
+        owned
+    })
+}
+
+#[test]
+fn an_inherited_tap_descriptor_carries_the_nic() {
+    if !require_lab() {
+        return;
+    }
+    use std::os::fd::AsRawFd;
+    let ns = NetNs::new();
+    let tap = open_tap_fd(&ns, "fvtapfd");
+    let fd = tap.as_raw_fd();
+    let mut vm = start(
+        &ns,
+        "probe=net ip=10.82.0.2",
+        &[format!("fd={fd},ip=10.82.0.1")],
+        None,
+    );
+    // The child has its own copy now.
+    drop(tap);
+    vm.wait_for_line("probe: net ready", RUN_TIMEOUT);
+    let p = peer(&ns, [10, 82, 0, 1], [10, 82, 0, 2]);
+    let times = p.echo_round_trips(10, 200).expect("udp echo over the fd");
+    assert_eq!(times.len(), 10);
+    assert_eq!(finish(vm, &p).code(), debug_exit(0));
+}
