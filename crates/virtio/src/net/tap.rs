@@ -315,7 +315,7 @@ fn control_socket() -> io::Result<OwnedFd> {
 }
 
 /// Gives interface `name` the host address `ip`/`mask` (when asked) and
-/// brings it up.
+/// brings it up if it is down.
 pub fn configure_host(name: &str, address: Option<(Ipv4Addr, Ipv4Addr)>) -> Result<(), TapError> {
     check_name(name)?;
     let io = |what| {
@@ -337,9 +337,13 @@ pub fn configure_host(name: &str, address: Option<(Ipv4Addr, Ipv4Addr)>) -> Resu
     }
     let mut req = IfReq::new(name);
     ioctl_ptr(fd, libc::SIOCGIFFLAGS, &mut req).map_err(io("SIOCGIFFLAGS"))?;
-    let flags = req.short() | (libc::IFF_UP | libc::IFF_RUNNING) as i16;
-    req.set_short(flags);
-    ioctl_ptr(fd, libc::SIOCSIFFLAGS, &mut req).map_err(io("SIOCSIFFLAGS"))?;
+    // An interface already up (a TAP an unprivileged user was given) is
+    // left alone: changing its flags needs CAP_NET_ADMIN.
+    if req.short() & libc::IFF_UP as i16 == 0 {
+        let flags = req.short() | (libc::IFF_UP | libc::IFF_RUNNING) as i16;
+        req.set_short(flags);
+        ioctl_ptr(fd, libc::SIOCSIFFLAGS, &mut req).map_err(io("SIOCSIFFLAGS"))?;
+    }
     Ok(())
 }
 
