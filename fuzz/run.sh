@@ -8,7 +8,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")"
 seconds=${1:-60}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(kernel_loader virtio_blk_chains api_request qcow2 vmdk vhd)
+[ ${#targets[@]} -gt 0 ] || targets=(kernel_loader virtio_blk_chains api_request qcow2 vmdk vhd virtio_net_chains)
 export RUSTFLAGS="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \
 -Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table \
 -Cllvm-args=-sanitizer-coverage-trace-compares --cfg fuzzing -Cdebug-assertions -Coverflow-checks"

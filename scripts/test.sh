@@ -11,11 +11,12 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # Debian packages. QEMU 7.2 (the peer, and the probe cross-check) must be
 # installed together with qemu-utils of the same version: the machine image
 # carries a newer qemu-utils that conflicts with Debian's qemu-system-x86.
-# binutils builds the assembly guests; cpio and busybox-static serve the Linux guest kit.
+# binutils builds the assembly guests; cpio and busybox-static serve the Linux guest kit;
+# iproute2 and iputils-ping run the network lab (namespaces, bridges, TAPs, ping).
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 as_root() { if [ "$(id -u)" -eq 0 ]; then env DEBIAN_FRONTEND=noninteractive "$@"; else sudo env DEBIAN_FRONTEND=noninteractive "$@"; fi; }
 missing=()
-for p in binutils gcc cpio python3 ca-certificates acpica-tools strace util-linux iproute2; do installed "$p" || missing+=("$p"); done
+for p in binutils gcc cpio python3 ca-certificates acpica-tools strace util-linux iproute2 iputils-ping; do installed "$p" || missing+=("$p"); done
 if ! installed qemu-system-x86; then
 	as_root apt-get update -qq
 	qemu_version=$(apt-cache madison qemu-system-x86 | awk 'NR == 1 { print $3 }')

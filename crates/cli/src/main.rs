@@ -65,6 +65,10 @@ struct Cli {
     /// Resize it at run time with vm.resize {"desired_balloon": BYTES}.
     #[arg(long, value_name = "size=SIZE,...")]
     balloon: Option<String>,
+    /// A virtio-net card on a TAP device: tap=NAME|fd=N[,mac=MAC][,ip=IP][,mask=MASK][,num_queues=N]
+    /// [,queue_size=N][,id=NAME][,offload_tso=on|off][,offload_csum=on|off]. Repeatable.
+    #[arg(long, value_name = "tap=NAME,...")]
+    net: Vec<String>,
     /// Give the guest a virtio-rng device (PCI) fed from the host's getrandom.
     #[arg(long)]
     rng: bool,
@@ -109,7 +113,7 @@ enum OnOff {
 }
 
 /// The flags that describe a VM, which `--config` replaces.
-const VM_FLAGS: [&str; 12] = [
+const VM_FLAGS: [&str; 13] = [
     "balloon",
     "kernel",
     "initramfs",
@@ -120,6 +124,7 @@ const VM_FLAGS: [&str; 12] = [
     "debug_exit",
     "disk",
     "channel",
+    "net",
     "rng",
     "on_reboot",
 ];
@@ -139,6 +144,7 @@ impl Cli {
                 || self.debug_exit
                 || !self.disk.is_empty()
                 || !self.channel.is_empty()
+                || !self.net.is_empty()
                 || self.rng
                 || self.balloon.is_some()
                 || self.on_reboot.is_some();
@@ -179,6 +185,11 @@ impl Cli {
             .channel
             .iter()
             .map(|ch| config::parse_channel(ch))
+            .collect::<Result<_, _>>()?;
+        c.net = self
+            .net
+            .iter()
+            .map(|n| config::parse_net(n))
             .collect::<Result<_, _>>()?;
         c.validate().map(Some)
     }

@@ -58,6 +58,17 @@ fn each_bad_configuration_is_refused_with_status_2() {
     refused(&["--kernel", k, "--serial", "carrier-pigeon"], "--serial");
     refused(&["--kernel", k, "--on-reboot", "explode"], "--on-reboot");
     refused(&["--kernel", k, "--frobnicate"], "--frobnicate");
+    for net in [
+        "num_queues=2",
+        "tap=fvx,num_queues=3",
+        "tap=fvx,queue_size=1000",
+        "tap=fvx,fd=4",
+        "tap=fvx,mac=01:00:5e:00:00:01",
+        "tap=fvx,ip=10.0.0.1,mask=255.0.255.0",
+        "fd=1",
+    ] {
+        refused(&["--kernel", k, "--net", net], "--net");
+    }
     refused(
         &["--kernel", k, "--cmdline", &"x".repeat(70_000)],
         "--cmdline",

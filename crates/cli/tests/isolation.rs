@@ -85,6 +85,44 @@ fn a_forbidden_call_from_any_thread_kind_kills_the_vmm_with_sigsys() {
     }
 }
 
+/// The virtio-net workers: a NIC on a TAP inside a namespace of the test's own.
+#[test]
+fn a_forbidden_call_from_a_virtio_net_worker_kills_the_vmm_with_sigsys() {
+    if !require_kvm() {
+        return;
+    }
+    if let Err(why) = common::netlab::lab_available() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true but the network lab cannot run: {why}"
+        );
+        eprintln!("not run: {why}");
+        return;
+    }
+    let ns = common::netlab::NetNs::new();
+    let mut cmd = ns.command(Path::new(env!("CARGO_BIN_EXE_ferrovisor")));
+    cmd.arg("--kernel").arg(probe());
+    cmd.args([
+        "--debug-exit",
+        "--log-level",
+        "info",
+        "--memory",
+        "size=256M",
+    ]);
+    cmd.args(["--cmdline", "probe=net ip=10.80.0.2"]);
+    cmd.args(["--net", "tap=fvtap0,ip=10.80.0.1,mask=255.255.255.0"]);
+    cmd.env(TRIGGER, "virtio-net");
+    let out = run(cmd);
+    assert_eq!(out.status.signal(), Some(libc::SIGSYS), "{out:#?}");
+    assert!(
+        out.log.contains(
+            "seccomp: a virtio-net thread made the forbidden system call personality (135)"
+        ),
+        "{}",
+        out.log
+    );
+}
+
 #[test]
 fn log_mode_lets_a_forbidden_call_through() {
     if !require_kvm() {

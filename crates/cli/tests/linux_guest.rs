@@ -290,3 +290,70 @@ fn linux_guest_sees_the_topology_and_the_cpu_model() {
     }
     assert!(text.contains("Ferrovisor x86-64-v2 CPU"), "{text}");
 }
+
+#[test]
+fn linux_guest_networks_over_a_multiqueue_tap() {
+    use common::netlab::{lab_available, NetNs};
+    let Some((kernel, initramfs)) = linux_guest() else {
+        return;
+    };
+    lab_available().expect("the network lab");
+    let ns = NetNs::new();
+    // The guest sends 16 MiB of random bytes to a listener inside the
+    // namespace and prints their md5sum.
+    let script = "ip link set eth0 up && ip addr add 10.81.0.2/24 dev eth0 && \
+                  cat /sys/class/net/eth0/address && ping -c 3 10.81.0.1 >/dev/null && echo ping-ok && \
+                  head -c 16777216 /dev/urandom > /tmp/blob && md5sum /tmp/blob && \
+                  nc 10.81.0.1 PORT < /tmp/blob && echo sent-ok";
+    let net = "tap=fvltap0,ip=10.81.0.1,num_queues=4,mac=52:54:00:00:81:02";
+    let mut cmd = ns.command(std::path::Path::new(env!("CARGO_BIN_EXE_ferrovisor")));
+    // The TAP gets its address when ferrovisor starts: the listener binds after that.
+    let port = 5601;
+    let script = script.replace("PORT", &port.to_string());
+    cmd.arg("--kernel")
+        .arg(&kernel)
+        .arg("--initramfs")
+        .arg(&initramfs)
+        .args(["--cpus", "boot=2", "--memory", "size=512M", "--net", net])
+        .arg("--cmdline")
+        .arg(format!(
+            "console=ttyS0 reboot=k panic=-1 kit.run={}",
+            base64(script.as_bytes())
+        ));
+    let mut vm = VmProcess::spawn(cmd);
+    vm.wait_for_line("kit: init ok", Duration::from_secs(120));
+    let received = ns.run_inside(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let listener = loop {
+            match std::net::TcpListener::bind(("10.81.0.1", port)) {
+                Ok(l) => break l,
+                Err(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(100))
+                }
+                Err(e) => panic!("listen: {e}"),
+            }
+        };
+        let (mut conn, _) = listener.accept().expect("the guest connects");
+        let mut data = Vec::new();
+        std::io::Read::read_to_end(&mut conn, &mut data).expect("read");
+        data
+    });
+    vm.wait_for_line("kit: exit=0", Duration::from_secs(120));
+    let out = vm.wait(Duration::from_secs(60));
+    assert!(
+        out.serial.iter().any(|l| l.trim() == "52:54:00:00:81:02"),
+        "{out:#?}"
+    );
+    assert!(out.serial.iter().any(|l| l.trim() == "ping-ok"), "{out:#?}");
+    assert_eq!(received.len(), 16 << 20);
+    let dir = TempDir::new("linux-net");
+    let blob = dir.join("blob");
+    std::fs::write(&blob, &received).unwrap();
+    let sum = Command::new("md5sum").arg(&blob).output().unwrap();
+    let sum = String::from_utf8_lossy(&sum.stdout);
+    let sum = sum.split_whitespace().next().unwrap();
+    assert!(
+        out.serial.iter().any(|l| l.starts_with(sum)),
+        "the guest's md5sum {sum}: {out:#?}"
+    );
+}

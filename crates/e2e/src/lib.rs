@@ -5,6 +5,7 @@
 
 pub mod guests;
 pub mod host;
+pub mod netlab;
 pub mod process;
 
 pub use guests::{asm_guest, probe, AsmGuest};

@@ -6,6 +6,7 @@ pub mod balloon;
 pub mod block;
 pub mod console;
 pub mod device;
+pub mod net;
 pub mod pci_transport;
 pub mod rng;
 #[cfg(test)]

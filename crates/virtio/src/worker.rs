@@ -131,6 +131,20 @@ impl Worker {
         name: String,
         kind: ThreadKind,
         events: Vec<EventFd>,
+        handler: impl QueueHandler,
+    ) -> io::Result<Worker> {
+        Worker::spawn_with_fds(name, kind, events, Vec::new(), handler)
+    }
+
+    /// Like [`Worker::spawn`], and also watches host descriptors `fds`
+    /// (edge-triggered, readable or writable): their readiness calls the
+    /// handler with index `events.len() + i`, nothing drained. The handler
+    /// must own the descriptors, so they live as long as the thread.
+    pub fn spawn_with_fds(
+        name: String,
+        kind: ThreadKind,
+        events: Vec<EventFd>,
+        fds: Vec<std::os::fd::RawFd>,
         mut handler: impl QueueHandler,
     ) -> io::Result<Worker> {
         let stop = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?;
@@ -153,6 +167,18 @@ impl Worker {
                 EpollEvent::new(EventSet::IN, i as u64),
             )?;
         }
+        let first_fd = events.len();
+        for (i, fd) in fds.iter().enumerate() {
+            epoll.ctl(
+                ControlOperation::Add,
+                *fd,
+                EpollEvent::new(
+                    EventSet::IN | EventSet::OUT | EventSet::EDGE_TRIGGERED,
+                    (first_fd + i) as u64,
+                ),
+            )?;
+        }
+        let fd_tokens = first_fd..first_fd + fds.len();
         let stop_fd = stop.try_clone()?;
         let thread_control = control.clone();
         let thread = sandbox::thread::spawn(kind, name, move || {
@@ -180,6 +206,8 @@ impl Worker {
                     if let Some(e) = events.get(index) {
                         // Drain the counter; several notifications need one pass.
                         let _ = e.read();
+                        handler.process(index);
+                    } else if fd_tokens.contains(&index) {
                         handler.process(index);
                     }
                 }

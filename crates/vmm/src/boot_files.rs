@@ -1,6 +1,6 @@
 //! The files a VM boots from and the host resources it holds across
 //! reboots: kernel and initramfs (read once, so a reboot cannot see them
-//! change), disks and the virtio-console's sockets.
+//! change), disks, the virtio-console's sockets and the NICs' TAP queues.
 
 use std::sync::{Arc, Mutex};
 
@@ -17,6 +17,8 @@ pub(crate) struct BootFiles {
     pub disks: Vec<Arc<dyn block::DiskFile>>,
     /// The virtio-console device: its sockets and clients outlive reboots.
     pub channels: Option<Arc<Mutex<virtio::console::Console>>>,
+    /// The network cards' TAP queues, opened and configured once.
+    pub nets: Vec<crate::net::NetBackend>,
 }
 
 /// Refuses vCPU counts and APIC IDs this host's KVM cannot run, and CPU
@@ -110,10 +112,16 @@ pub(crate) fn read_boot_files(config: &VmConfig) -> Result<BootFiles, Error> {
             &config.channels,
         )?)))
     };
+    let nets = config
+        .net
+        .iter()
+        .map(crate::net::NetBackend::open)
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(BootFiles {
         kernel,
         initramfs,
         disks,
         channels,
+        nets,
     })
 }

@@ -98,15 +98,7 @@ impl Instance {
 
         let stop = Arc::new(AtomicBool::new(false));
         let sink = request_sink(ctx.events.clone(), ctx.generation, stop.clone());
-        let buses = platform::Buses::new(
-            config,
-            ctx.console,
-            sink,
-            &vm,
-            &mem,
-            &ctx.files.disks,
-            ctx.files.channels.as_ref(),
-        )?;
+        let buses = platform::Buses::new(config, ctx.console, sink, &vm, &mem, ctx.files)?;
         {
             let port = ctx.console.port();
             let uart = port.lock().unwrap_or_else(|p| p.into_inner());

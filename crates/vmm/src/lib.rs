@@ -14,6 +14,7 @@ mod instance;
 pub mod isolation;
 mod memory;
 mod msi;
+mod net;
 mod platform;
 pub mod request;
 mod signals;

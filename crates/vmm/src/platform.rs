@@ -113,8 +113,7 @@ impl Buses {
         sink: GuestRequestSink,
         vm: &Arc<Vm>,
         mem: &GuestMemory,
-        disks: &[Arc<dyn DiskFile>],
-        channels: Option<&Arc<Mutex<virtio::console::Console>>>,
+        files: &crate::boot_files::BootFiles,
     ) -> Result<Buses, Error> {
         let pio = Arc::new(Bus::new());
         let mmio = Arc::new(Bus::new());
@@ -192,13 +191,21 @@ impl Buses {
             devices,
             balloon: None,
         };
-        buses.add_virtio_devices(config, vm, mem, disks, channels)?;
+        buses.add_virtio_devices(
+            config,
+            vm,
+            mem,
+            &files.disks,
+            files.channels.as_ref(),
+            &files.nets,
+        )?;
         Ok(buses)
     }
 
     /// The virtio devices. Slots are stable for a configuration: devices
     /// with `addr=` take their slot, then disks in command-line order, then
-    /// the console (channels), then the entropy device, each in the lowest free slot.
+    /// network cards in order, then the console (channels), the balloon and
+    /// the entropy device, each in the lowest free slot.
     fn add_virtio_devices(
         &mut self,
         config: &VmConfig,
@@ -206,6 +213,7 @@ impl Buses {
         mem: &GuestMemory,
         disks: &[Arc<dyn DiskFile>],
         channels: Option<&Arc<Mutex<virtio::console::Console>>>,
+        nets: &[crate::net::NetBackend],
     ) -> Result<(), Error> {
         // Small BARs (64-bit capable) go below 4 GiB, as firmware places them.
         let mut mmio32 = AddressAllocator::new(PCI_MMIO32_START, PCI_MMIO32_SIZE);
@@ -230,6 +238,18 @@ impl Buses {
                 kind: "virtio-blk",
                 counters: Some(block.counters()),
                 make: virtio_device(block, mem, &router.sender(), &ioevents),
+            });
+        }
+        for (net, backend) in config.net.iter().zip(nets) {
+            let device = backend
+                .device(net)
+                .map_err(Error::io("creating a network card"))?;
+            devices.push(PendingDevice {
+                addr: None,
+                id: net.id.clone().unwrap_or_default(),
+                kind: "virtio-net",
+                counters: Some(device.counters()),
+                make: virtio_device(device, mem, &router.sender(), &ioevents),
             });
         }
         if let Some(console) = channels {

@@ -31,6 +31,7 @@ mod madt;
 mod mem;
 mod mptable;
 mod msix;
+mod netproto;
 mod paging;
 mod pci;
 mod pci_alloc;
@@ -49,6 +50,7 @@ mod virtio_balloon;
 mod virtio_blk;
 mod virtio_hal;
 mod virtio_msix;
+mod virtio_net;
 mod virtio_pci;
 
 use core::panic::PanicInfo;

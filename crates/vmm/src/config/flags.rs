@@ -307,6 +307,46 @@ pub fn parse_balloon(value: &str) -> Result<super::BalloonConfig, ConfigError> {
     Ok(b)
 }
 
+/// Parses `--net tap=NAME|fd=N,mac=MAC,ip=IP,mask=MASK,num_queues=N,queue_size=N,
+/// id=NAME,offload_tso=on|off,offload_csum=on|off` (Cloud Hypervisor's spelling).
+pub fn parse_net(value: &str) -> Result<super::NetConfig, ConfigError> {
+    const FLAG: &str = "--net";
+    const KEYS: [&str; 10] = [
+        "tap",
+        "fd",
+        "mac",
+        "ip",
+        "mask",
+        "num_queues",
+        "queue_size",
+        "id",
+        "offload_tso",
+        "offload_csum",
+    ];
+    let mut net = super::NetConfig::with_tap("");
+    net.tap = None;
+    let address = |key: &str, val: &str| {
+        val.parse::<std::net::Ipv4Addr>()
+            .map_err(|_| ConfigError::new(FLAG, format!("{key}={val}: not an IPv4 address")))
+    };
+    for (key, val) in parse_options(FLAG, value, &KEYS)? {
+        match key {
+            "tap" => net.tap = Some(val.to_string()),
+            "fd" => net.fd = Some(parse_number(FLAG, key, val)?),
+            "mac" => net.mac = Some(val.to_string()),
+            "ip" => net.ip = Some(address(key, val)?),
+            "mask" => net.mask = Some(address(key, val)?),
+            "num_queues" => net.num_queues = parse_number(FLAG, key, val)?,
+            "queue_size" => net.queue_size = parse_number(FLAG, key, val)?,
+            "id" => net.id = Some(val.to_string()),
+            "offload_tso" => net.offload_tso = parse_on_off(FLAG, key, val)?,
+            _ => net.offload_csum = parse_on_off(FLAG, key, val)?,
+        }
+    }
+    validate::net(&net)?;
+    Ok(net)
+}
+
 /// Parses `--on-reboot restart|exit`.
 pub fn parse_on_reboot(value: &str) -> Result<RebootPolicy, ConfigError> {
     match value {
@@ -444,6 +484,42 @@ mod tests {
             "path=/a,frobnicate=1",
         ] {
             assert_eq!(parse_disk(bad).unwrap_err().flag, "--disk", "{bad}");
+        }
+    }
+
+    #[test]
+    fn nets() {
+        let n = parse_net(
+            "tap=fvtap0,mac=52:54:00:12:34:56,ip=10.1.2.1,mask=255.255.255.0,num_queues=4,queue_size=512,id=lan,offload_tso=off",
+        )
+        .unwrap();
+        assert_eq!(n.tap.as_deref(), Some("fvtap0"));
+        assert_eq!((n.num_queues, n.queue_size, n.queue_pairs()), (4, 512, 2));
+        assert_eq!(n.ip, Some("10.1.2.1".parse().unwrap()));
+        assert!(!n.offload_tso && n.offload_csum);
+        assert_eq!(parse_net("fd=3").unwrap().fd, Some(3));
+        for bad in [
+            "",
+            "num_queues=2",
+            "tap=a,fd=3",
+            "tap=a,num_queues=3",
+            "tap=a,num_queues=0",
+            "tap=a,num_queues=34",
+            "tap=a,queue_size=100",
+            "tap=a,mac=01:00:00:00:00:01",
+            "tap=a,mac=52:54:00:12:34",
+            "tap=a,mac=zz:54:00:12:34:56",
+            "tap=a,ip=10.0.0.300",
+            "tap=a,mask=255.255.255.0",
+            "tap=a,mask=255.0.255.0,ip=10.0.0.1",
+            "tap=a/b",
+            "tap=waytoolonginterface",
+            "fd=-1",
+            "fd=3,num_queues=4",
+            "tap=a,offload_tso=maybe",
+            "tap=a,id=a b",
+        ] {
+            assert_eq!(parse_net(bad).unwrap_err().flag, "--net", "{bad}");
         }
     }
 

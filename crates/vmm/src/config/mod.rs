@@ -15,10 +15,10 @@ use serde::{Deserialize, Serialize};
 
 pub use file::{from_document, load_file};
 pub use flags::{
-    parse_balloon, parse_channel, parse_cpus, parse_disk, parse_memory, parse_on_off,
+    parse_balloon, parse_channel, parse_cpus, parse_disk, parse_memory, parse_net, parse_on_off,
     parse_on_reboot, parse_options, parse_serial, parse_size,
 };
-pub use validate::MAX_VCPUS;
+pub use validate::{parse_mac, MAX_VCPUS};
 
 /// The whole configuration of one VM.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,6 +53,72 @@ pub struct VmConfig {
     /// Ports of the virtio-console (virtio-serial) device, in port order.
     #[serde(default)]
     pub channels: Vec<ChannelConfig>,
+    /// virtio-net cards on TAP devices, in PCI slot order after the disks.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub net: Vec<NetConfig>,
+}
+
+/// `--net`: one virtio-net card on a TAP device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetConfig {
+    /// The TAP interface to open (created if missing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tap: Option<String>,
+    /// An open TAP queue descriptor (IFF_VNET_HDR) the VMM inherits, instead of `tap`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fd: Option<i32>,
+    /// The guest's MAC (`52:54:00:12:34:56`); default: derived from the TAP and id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+    /// The host side's IPv4 address, set on the TAP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<std::net::Ipv4Addr>,
+    /// Its netmask (with `ip`; default 255.255.255.0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mask: Option<std::net::Ipv4Addr>,
+    /// Queues: receive and transmit, two per pair (even, 2 to 32).
+    #[serde(default = "default_net_queues")]
+    pub num_queues: u16,
+    /// Size of each queue (a power of two, 2..=32768).
+    #[serde(default = "default_queue_size")]
+    pub queue_size: u16,
+    /// Name of the device (default `net0`, `net1`, ... in order).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Offer TCP segmentation / UDP fragmentation offloads.
+    #[serde(default = "default_true")]
+    pub offload_tso: bool,
+    /// Offer checksum offloads.
+    #[serde(default = "default_true")]
+    pub offload_csum: bool,
+}
+
+impl NetConfig {
+    /// A card on TAP `tap` with every option at its default.
+    pub fn with_tap(tap: &str) -> NetConfig {
+        NetConfig {
+            tap: Some(tap.into()),
+            fd: None,
+            mac: None,
+            ip: None,
+            mask: None,
+            num_queues: default_net_queues(),
+            queue_size: default_queue_size(),
+            id: None,
+            offload_tso: true,
+            offload_csum: true,
+        }
+    }
+
+    /// Its queue pairs.
+    pub fn queue_pairs(&self) -> u16 {
+        self.num_queues / 2
+    }
+}
+
+fn default_net_queues() -> u16 {
+    2
 }
 
 /// The kernel, its initramfs and command line.
@@ -409,6 +475,7 @@ impl VmConfig {
             rng: None,
             disks: Vec::new(),
             channels: Vec::new(),
+            net: Vec::new(),
         }
     }
 

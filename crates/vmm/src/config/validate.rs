@@ -55,6 +55,21 @@ pub(super) fn check(config: &VmConfig) -> Result<(), ConfigError> {
             ));
         }
     }
+    if config.net.len() > 16 {
+        return Err(ConfigError::new("--net", "at most 16 network cards"));
+    }
+    let mut macs = HashSet::new();
+    for (i, n) in config.net.iter().enumerate() {
+        net(n).map_err(|e| ConfigError::new(e.flag, format!("[{i}]: {}", e.message)))?;
+        if let Some(mac) = n.mac.as_deref().and_then(parse_mac) {
+            if !macs.insert(mac) {
+                return Err(ConfigError::new(
+                    "--net",
+                    format!("[{i}]: mac={}: given twice", n.mac.as_deref().unwrap_or("")),
+                ));
+            }
+        }
+    }
     let mut names = HashSet::new();
     for (i, c) in config.channels.iter().enumerate() {
         channel(c).map_err(|e| ConfigError::new(e.flag, format!("[{i}]: {}", e.message)))?;
@@ -254,6 +269,105 @@ pub(super) fn disk(disk: &DiskConfig) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// Parses a MAC address `aa:bb:cc:dd:ee:ff`.
+pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = text.split(':');
+    for byte in &mut mac {
+        let part = parts.next()?;
+        if part.len() != 2 {
+            return None;
+        }
+        *byte = u8::from_str_radix(part, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
+/// Checks one `--net`.
+pub(super) fn net(net: &super::NetConfig) -> Result<(), ConfigError> {
+    const FLAG: &str = "--net";
+    match (&net.tap, net.fd) {
+        (Some(_), Some(_)) => return Err(ConfigError::new(FLAG, "give one of tap= and fd=")),
+        (None, None) => return Err(ConfigError::new(FLAG, "tap=NAME or fd=N is required")),
+        (Some(name), None) => {
+            let bad = name.is_empty()
+                || name.len() > 15
+                || name
+                    .bytes()
+                    .any(|b| b == b'/' || b == b':' || b == 0 || b.is_ascii_whitespace());
+            if bad {
+                return Err(ConfigError::new(
+                    FLAG,
+                    format!("tap={name}: 1 to 15 bytes, no '/', ':' or whitespace"),
+                ));
+            }
+        }
+        (None, Some(fd)) => {
+            if fd < 0 {
+                return Err(ConfigError::new(FLAG, format!("fd={fd}: not a descriptor")));
+            }
+            if net.num_queues != 2 {
+                return Err(ConfigError::new(
+                    FLAG,
+                    "fd=N carries one queue pair: num_queues=2",
+                ));
+            }
+        }
+    }
+    let max = 2 * virtio::net::MAX_QUEUE_PAIRS as u16;
+    if net.num_queues < 2 || net.num_queues % 2 != 0 || net.num_queues > max {
+        return Err(ConfigError::new(
+            FLAG,
+            format!(
+                "num_queues={}: an even number from 2 to {max} (a receive and a transmit queue per pair)",
+                net.num_queues
+            ),
+        ));
+    }
+    if !net.queue_size.is_power_of_two() || !(2..=32768).contains(&net.queue_size) {
+        return Err(ConfigError::new(
+            FLAG,
+            format!(
+                "queue_size={}: must be a power of two from 2 to 32768",
+                net.queue_size
+            ),
+        ));
+    }
+    if let Some(mac) = &net.mac {
+        match parse_mac(mac) {
+            None => {
+                return Err(ConfigError::new(
+                    FLAG,
+                    format!("mac={mac}: expected six hex bytes, aa:bb:cc:dd:ee:ff"),
+                ))
+            }
+            Some(m) if m[0] & 1 != 0 => {
+                return Err(ConfigError::new(
+                    FLAG,
+                    format!("mac={mac}: a multicast address"),
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    if net.mask.is_some() && net.ip.is_none() {
+        return Err(ConfigError::new(FLAG, "mask= needs ip="));
+    }
+    if let Some(mask) = net.mask {
+        let bits = u32::from(mask);
+        if bits.leading_ones() + bits.trailing_zeros() != 32 {
+            return Err(ConfigError::new(
+                FLAG,
+                format!("mask={mask}: not a contiguous netmask"),
+            ));
+        }
+    }
+    if let Some(i) = &net.id {
+        id(FLAG, i)?;
+    }
+    Ok(())
+}
+
 /// Checks one `--channel`.
 pub(super) fn channel(channel: &ChannelConfig) -> Result<(), ConfigError> {
     const FLAG: &str = "--channel";
@@ -282,6 +396,11 @@ pub(super) fn assign_ids(config: &mut VmConfig) {
             disk.id = Some(format!("disk{i}"));
         }
     }
+    for (i, net) in config.net.iter_mut().enumerate() {
+        if net.id.is_none() {
+            net.id = Some(format!("net{i}"));
+        }
+    }
     if let Some(rng) = &mut config.rng {
         if rng.id.is_none() {
             rng.id = Some("rng0".into());
@@ -301,6 +420,7 @@ pub(super) fn check_unique_ids(config: &VmConfig) -> Result<(), ConfigError> {
         .disks
         .iter()
         .filter_map(|d| d.id.as_deref())
+        .chain(config.net.iter().filter_map(|n| n.id.as_deref()))
         .chain(config.rng.iter().filter_map(|r| r.id.as_deref()))
         .chain(config.balloon.iter().filter_map(|b| b.id.as_deref()))
         .chain([super::CONSOLE_DEVICE_ID, super::SERIAL_DEVICE_ID]);

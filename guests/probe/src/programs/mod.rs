@@ -13,6 +13,7 @@ mod cpuid;
 mod echo;
 mod fault;
 mod mem;
+mod net;
 mod pci;
 mod poweroff;
 mod reboot;
@@ -91,6 +92,10 @@ const PROGRAMS: &[Program] = &[
     Program {
         name: "mem",
         run: mem::run,
+    },
+    Program {
+        name: "net",
+        run: net::run,
     },
 ];
 
