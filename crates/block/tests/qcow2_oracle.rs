@@ -500,3 +500,50 @@ fn dirty_images_get_refcounts_rebuilt() {
     drop(img);
     assert_clean(&path);
 }
+
+#[test]
+fn snapshots_through_the_block_crate() {
+    let s = Scratch::new("snapshots");
+    let path = s.path("s.qcow2");
+    let img = create(
+        &path,
+        CreateOptions {
+            size: 4 << 20,
+            cluster_size: 4096,
+            ..Default::default()
+        },
+    );
+    let mut model = vec![0u8; 4 << 20];
+    random_ops(&img, &mut model, 5, 30);
+    img.create_snapshot("a").unwrap();
+    assert!(img.create_snapshot("a").is_err(), "names are unique");
+    let at_a = model.clone();
+    random_ops(&img, &mut model, 6, 30);
+    assert!(first_diff(&read_all(&img), &model).is_none());
+    drop(img);
+    assert_clean(&path);
+    let list = run("qemu-img", &["snapshot", "-l", path.to_str().unwrap()]);
+    assert!(list.contains(" a "), "{list}");
+    let img = Qcow2Image::open(&path, &Qcow2Options::default()).unwrap();
+    img.apply_snapshot("a").unwrap();
+    assert!(first_diff(&read_all(&img), &at_a).is_none(), "reverted");
+    img.delete_snapshot("a").unwrap();
+    assert!(img.snapshots().unwrap().is_empty());
+    drop(img);
+    assert_clean(&path);
+    // 1-bit refcounts cannot count a shared cluster: refused up front.
+    let one = s.path("one.qcow2");
+    let img = create(
+        &one,
+        CreateOptions {
+            size: 1 << 20,
+            refcount_bits: 1,
+            ..Default::default()
+        },
+    );
+    block::write_all_at(&img, &[1; 4096], 0).unwrap();
+    let e = img.create_snapshot("x").unwrap_err().to_string();
+    assert!(e.contains("1-bit refcounts"), "{e}");
+    drop(img);
+    assert_clean(&one);
+}

@@ -64,6 +64,15 @@ pub fn extents(image: &Image) -> Result<Vec<Extent>, Failure> {
     Ok(out)
 }
 
+/// A number as qemu-img's map prints it: `0` or `0x...`.
+fn hex(v: u64) -> String {
+    if v == 0 {
+        "0".into()
+    } else {
+        format!("{v:#x}")
+    }
+}
+
 /// Runs `map`.
 pub fn run(path: &Path, format: Option<Format>, output: Output) -> Result<u8, Failure> {
     let image = Image::open(path, format, true, true)?;
@@ -94,7 +103,12 @@ pub fn run(path: &Path, format: Option<Format>, output: Output) -> Result<u8, Fa
                     let name = names
                         .get(e.depth as usize)
                         .map_or_else(String::new, |p| p.display().to_string());
-                    println!("{:<#16x}{:<#16x}{:<#16x}{name}", e.start, e.length, o);
+                    println!(
+                        "{:<16}{:<16}{:<16}{name}",
+                        hex(e.start),
+                        hex(e.length),
+                        hex(o)
+                    );
                 }
             }
         }

@@ -351,10 +351,11 @@ fn compare_map_resize_and_snapshots() {
         (1, "Content mismatch at offset 1024000!")
     );
     assert_eq!(fvimg(&["compare", &raw, &s.p("missing")]).0, 2);
-    // Map agrees with qemu-img's.
+    // Map agrees with qemu-img's, in both forms.
     let ours = json(&ok("fvimg", &["map", "--output", "json", &q]));
     let theirs = json(&ok("qemu-img", &["map", "--output", "json", &q]));
     assert_eq!(ours, theirs);
+    assert_eq!(ok("fvimg", &["map", &q]), ok("qemu-img", &["map", &q]));
     // Resize, then snapshots.
     ok("fvimg", &["resize", "-q", &q, "+1M"]);
     let info = json(&ok("qemu-img", &["info", "--output", "json", &q]));

@@ -329,6 +329,12 @@ impl Qcow2Image {
             ))
             .into());
         }
+        if m.refs.order() == 0 {
+            // Every shared cluster needs a refcount of 2.
+            return Err(
+                Qcow2Error::Unsupported("snapshots of images with 1-bit refcounts".into()).into(),
+            );
+        }
         let cs = self.cs();
         let l1 = m.l1.clone();
         let bytes = l1.len() as u64 * 8;

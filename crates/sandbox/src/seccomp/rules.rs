@@ -123,7 +123,7 @@ const VCPU: &[Allowed] = &[
 
 const FIONBIO: u64 = 0x5421;
 /// `_IOW('T', 208, unsigned int)`: a TAP's offloads.
-const TUNSETOFFLOAD: u64 = libc::TUNSETOFFLOAD as u64;
+const TUNSETOFFLOAD: u64 = libc::TUNSETOFFLOAD;
 
 /// The API acceptor and connection threads: sockets only.
 const API: &[Allowed] = &[
