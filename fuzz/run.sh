@@ -29,6 +29,13 @@ seed_images() {
 		done
 		printf '# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType="monolithicFlat"\n\nRW 100 FLAT "flat.raw" 4\nRW 8 ZERO\n' >"$dir/seed-descriptor.vmdk"
 		;;
+	qcow2)
+		for o in cluster_size=512 cluster_size=65536,refcount_bits=1 compat=0.10 extended_l2=on,cluster_size=16k lazy_refcounts=on; do
+			qemu-img convert -f raw -O qcow2 -o "$o" "$tmp/src.raw" "$dir/seed-${o//[=,]/-}.qcow2"
+		done
+		qemu-img convert -f raw -O qcow2 -c -o compression_type=zstd "$tmp/src.raw" "$dir/seed-zstd.qcow2"
+		qemu-img convert -f raw -O qcow2 -c "$tmp/src.raw" "$dir/seed-zlib.qcow2"
+		;;
 	vhd)
 		for o in fixed dynamic; do
 			qemu-img convert -f raw -O vpc -o "subformat=$o" "$tmp/src.raw" "$dir/seed-$o.vhd"
@@ -41,6 +48,12 @@ for t in "${targets[@]}"; do
 	mkdir -p "corpus/$t" "artifacts/$t"
 	seed_images "$t"
 	echo "fuzz: $t for ${seconds}s"
+	status=0
 	"target/x86_64-unknown-linux-gnu/release/$t" -max_total_time="$seconds" -rss_limit_mb=2048 \
-		-artifact_prefix="artifacts/$t/" "corpus/$t" 2>&1 | grep -E "DONE|ERROR|panicked|SUMMARY" || true
+		-artifact_prefix="artifacts/$t/" "corpus/$t" >"artifacts/$t/last.log" 2>&1 || status=$?
+	grep -E "DONE|ERROR|panicked|SUMMARY" "artifacts/$t/last.log" || true
+	if [ "$status" -ne 0 ]; then
+		echo "fuzz: $t failed (status $status); the input is in fuzz/artifacts/$t/, the log in artifacts/$t/last.log" >&2
+		exit 1
+	fi
 done

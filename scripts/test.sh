@@ -42,3 +42,5 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 cargo build --release --quiet
 # -j1 on the test binaries keeps the guests' timing-sensitive checks off a busy 2-core host.
 cargo test --workspace --quiet "$@" -- --test-threads=2
+# The parsers of hostile input, fuzzed for a bounded time (fuzz/run.sh SECONDS for longer runs).
+fuzz/run.sh "${FUZZ_SECONDS:-15}" qcow2 vmdk vhd virtio_net_chains api_request
