@@ -168,7 +168,11 @@ fn qcow2_disk_with_a_backing_file() {
         .status()
         .expect("qemu-img");
     assert!(status.success());
-    let out = run_blk(&top, ",image_type=qcow2", "probe=blk");
+    // A backing file is opened only when the config allows it.
+    let refused = run_blk(&top, ",image_type=qcow2", "probe=blk");
+    assert_eq!(refused.code(), 2, "{refused:#?}");
+    assert!(refused.log.contains("backing_files=on"), "{}", refused.log);
+    let out = run_blk(&top, ",image_type=qcow2,backing_files=on", "probe=blk");
     assert_eq!(out.code(), debug_exit(0), "{out:#?}");
     assert_eq!(
         out.line("probe: blk head="),

@@ -101,8 +101,12 @@ pub(crate) fn read_boot_files(config: &VmConfig) -> Result<BootFiles, Error> {
             format: Some(format),
             ..Default::default()
         };
-        let file = block::open_image(&disk.path, &options)
-            .map_err(|e| ConfigError::new("--disk", format!("{}: {e}", disk.path.display())))?;
+        let failed =
+            |e: std::io::Error| ConfigError::new("--disk", format!("{}: {e}", disk.path.display()));
+        if format == block::Format::Qcow2 && !disk.backing_files {
+            refuse_backing_file(&disk.path).map_err(failed)?;
+        }
+        let file = block::open_image(&disk.path, &options).map_err(failed)?;
         disks.push(Arc::from(file));
     }
     let channels = if config.channels.is_empty() {
@@ -124,4 +128,24 @@ pub(crate) fn read_boot_files(config: &VmConfig) -> Result<BootFiles, Error> {
         channels,
         nets,
     })
+}
+
+/// Refuses a qcow2 image whose header names a backing file: the VMM opens
+/// backing files only with `backing_files=on`.
+fn refuse_backing_file(path: &std::path::Path) -> std::io::Result<()> {
+    let image = block::Qcow2Image::open(
+        path,
+        &block::qcow2::Qcow2Options {
+            read_only: true,
+            open_backing: false,
+            ..Default::default()
+        },
+    )?;
+    match image.header().backing_file {
+        Some(name) => Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!("the image names a backing file ({name}); add backing_files=on to let ferrovisor open it"),
+        )),
+        None => Ok(()),
+    }
 }

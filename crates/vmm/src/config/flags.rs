@@ -206,10 +206,10 @@ fn parse_number<T: std::str::FromStr>(
 
 /// Parses `--disk path=FILE,readonly=on|off,direct=on|off,serial=ID,num_queues=N,
 /// queue_size=N,id=NAME,logical_block_size=N,physical_block_size=N,discard=on|off,addr=SLOT,
-/// image_type=raw|qcow2`.
+/// image_type=raw|qcow2,backing_files=on|off`.
 pub fn parse_disk(value: &str) -> Result<DiskConfig, ConfigError> {
     const FLAG: &str = "--disk";
-    const KEYS: [&str; 12] = [
+    const KEYS: [&str; 13] = [
         "path",
         "readonly",
         "direct",
@@ -222,6 +222,7 @@ pub fn parse_disk(value: &str) -> Result<DiskConfig, ConfigError> {
         "discard",
         "addr",
         "image_type",
+        "backing_files",
     ];
     let mut disk = DiskConfig::new(PathBuf::new());
     for (key, val) in parse_options(FLAG, value, &KEYS)? {
@@ -230,6 +231,7 @@ pub fn parse_disk(value: &str) -> Result<DiskConfig, ConfigError> {
             "readonly" => disk.readonly = parse_on_off(FLAG, key, val)?,
             "direct" => disk.direct = parse_on_off(FLAG, key, val)?,
             "discard" => disk.discard = parse_on_off(FLAG, key, val)?,
+            "backing_files" => disk.backing_files = parse_on_off(FLAG, key, val)?,
             "serial" => disk.serial = Some(val.to_string()),
             "id" => disk.id = Some(val.to_string()),
             "num_queues" => disk.num_queues = parse_number(FLAG, key, val)?,
@@ -469,6 +471,17 @@ mod tests {
             Some(ImageType::Raw)
         );
         assert!(parse_disk("path=/img,image_type=vmdk").is_err());
+        assert!(
+            !parse_disk("path=/img,image_type=qcow2")
+                .unwrap()
+                .backing_files
+        );
+        assert!(
+            parse_disk("path=/img,image_type=qcow2,backing_files=on")
+                .unwrap()
+                .backing_files
+        );
+        assert!(parse_disk("path=/img,backing_files=maybe").is_err());
         assert!(parse_disk("path=/img,image_type=qcow2,direct=on").is_err());
         for bad in [
             "",

@@ -225,6 +225,15 @@ pub struct DiskConfig {
     /// probed: a raw disk stays raw whatever the guest writes into it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_type: Option<ImageType>,
+    /// Let a qcow2 image open the backing files its header names (Cloud
+    /// Hypervisor's `backing_files`); off, such an image is refused, so an
+    /// image from elsewhere cannot make the VMM read a host file.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub backing_files: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// Format of a disk image.
@@ -253,6 +262,7 @@ impl DiskConfig {
             discard: true,
             addr: None,
             image_type: None,
+            backing_files: false,
         }
     }
 }
