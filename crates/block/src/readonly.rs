@@ -9,7 +9,7 @@ use std::os::unix::fs::FileExt;
 
 use vm_memory::VolatileSlice;
 
-use crate::Topology;
+use crate::{DiskFile, Extent, Topology};
 
 /// The block sizes a read-only image reports: plain 512-byte sectors.
 pub(crate) const TOPOLOGY: Topology = Topology {
@@ -107,4 +107,65 @@ fn fill_slices(
         }
     }
     Ok(done)
+}
+
+/// What a read-only image format provides; the `DiskFile` impl below does
+/// the rest (bounds, refusing writes, filling guest buffers).
+pub(crate) trait ReadOnlyImage: Send + Sync {
+    /// The format's name in errors ("vmdk", "vhd").
+    const FORMAT: &'static str;
+    /// The virtual size in bytes.
+    fn virtual_size(&self) -> u64;
+    /// Fills `buf` from guest `offset` (within the disk).
+    fn read_exact(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    /// The stretch at `offset`, at most `max_len` bytes; both are within
+    /// the disk and `max_len` is not 0.
+    fn map(&self, offset: u64, max_len: u64) -> io::Result<Extent>;
+}
+
+impl<T: ReadOnlyImage> DiskFile for T {
+    fn size(&self) -> u64 {
+        self.virtual_size()
+    }
+
+    fn read_only(&self) -> bool {
+        true
+    }
+
+    fn topology(&self) -> Topology {
+        TOPOLOGY
+    }
+
+    fn read_vectored_at(&self, bufs: &[VolatileSlice], offset: u64) -> io::Result<usize> {
+        read_into_slices(self.virtual_size(), bufs, offset, |buf, at| {
+            self.read_exact(buf, at)
+        })
+    }
+
+    fn write_vectored_at(&self, _bufs: &[VolatileSlice], _offset: u64) -> io::Result<usize> {
+        Err(refuse_write(T::FORMAT))
+    }
+
+    fn flush(&self) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn discard(&self, _offset: u64, _len: u64) -> io::Result<()> {
+        Err(refuse_write(T::FORMAT))
+    }
+
+    fn write_zeroes(&self, _offset: u64, _len: u64, _unmap: bool) -> io::Result<()> {
+        Err(refuse_write(T::FORMAT))
+    }
+
+    fn extent_at(&self, offset: u64, max_len: u64) -> io::Result<Extent> {
+        let size = self.virtual_size();
+        if offset >= size || max_len == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("offset {offset} is past the end of the disk ({size} bytes)"),
+            ));
+        }
+        self.map(offset, max_len.min(size - offset))
+    }
 }

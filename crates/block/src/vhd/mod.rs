@@ -15,7 +15,7 @@ use vm_memory::VolatileSlice;
 
 use crate::raw::{OpenOptions, RawFile};
 use crate::readonly::{self, invalid, read_exact_at};
-use crate::{DiskFile, Extent, Topology};
+use crate::{DiskFile, Extent};
 use dynamic::{DynamicDisk, Run};
 use footer::{DiskType, Footer, COOKIE, FOOTER_BYTES};
 
@@ -103,50 +103,18 @@ impl VhdImage {
     }
 }
 
-impl DiskFile for VhdImage {
-    fn size(&self) -> u64 {
+impl readonly::ReadOnlyImage for VhdImage {
+    const FORMAT: &'static str = "vhd";
+
+    fn virtual_size(&self) -> u64 {
         self.size
     }
 
-    fn read_only(&self) -> bool {
-        true
+    fn read_exact(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.read_at(buf, offset)
     }
 
-    fn topology(&self) -> Topology {
-        readonly::TOPOLOGY
-    }
-
-    fn read_vectored_at(&self, bufs: &[VolatileSlice], offset: u64) -> io::Result<usize> {
-        readonly::read_into_slices(self.size, bufs, offset, |buf, at| self.read_at(buf, at))
-    }
-
-    fn write_vectored_at(&self, _bufs: &[VolatileSlice], _offset: u64) -> io::Result<usize> {
-        Err(readonly::refuse_write("vhd"))
-    }
-
-    fn flush(&self) -> io::Result<()> {
-        Ok(())
-    }
-
-    fn discard(&self, _offset: u64, _len: u64) -> io::Result<()> {
-        Err(readonly::refuse_write("vhd"))
-    }
-
-    fn write_zeroes(&self, _offset: u64, _len: u64, _unmap: bool) -> io::Result<()> {
-        Err(readonly::refuse_write("vhd"))
-    }
-
-    fn extent_at(&self, offset: u64, max_len: u64) -> io::Result<Extent> {
-        if offset >= self.size || max_len == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "offset {offset} is past the end of the disk ({} bytes)",
-                    self.size
-                ),
-            ));
-        }
-        let max_len = max_len.min(self.size - offset);
+    fn map(&self, offset: u64, max_len: u64) -> io::Result<Extent> {
         let mut e = Extent {
             start: offset,
             length: max_len,

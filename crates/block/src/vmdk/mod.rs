@@ -17,10 +17,8 @@ use std::fs::File;
 use std::io;
 use std::path::Path;
 
-use vm_memory::VolatileSlice;
-
 use crate::readonly::{self, invalid, read_exact_at};
-use crate::{DiskFile, Extent, Topology};
+use crate::Extent;
 use descriptor::{Descriptor, ExtentKind, MAX_DESCRIPTOR_BYTES};
 use flat::FlatExtent;
 use header::SECTOR;
@@ -317,49 +315,18 @@ fn extent(
     }
 }
 
-impl DiskFile for VmdkImage {
-    fn size(&self) -> u64 {
+impl readonly::ReadOnlyImage for VmdkImage {
+    const FORMAT: &'static str = "vmdk";
+
+    fn virtual_size(&self) -> u64 {
         self.size
     }
 
-    fn read_only(&self) -> bool {
-        true
+    fn read_exact(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.read_at(buf, offset)
     }
 
-    fn topology(&self) -> Topology {
-        readonly::TOPOLOGY
-    }
-
-    fn read_vectored_at(&self, bufs: &[VolatileSlice], offset: u64) -> io::Result<usize> {
-        readonly::read_into_slices(self.size, bufs, offset, |buf, at| self.read_at(buf, at))
-    }
-
-    fn write_vectored_at(&self, _bufs: &[VolatileSlice], _offset: u64) -> io::Result<usize> {
-        Err(readonly::refuse_write("vmdk"))
-    }
-
-    fn flush(&self) -> io::Result<()> {
-        Ok(())
-    }
-
-    fn discard(&self, _offset: u64, _len: u64) -> io::Result<()> {
-        Err(readonly::refuse_write("vmdk"))
-    }
-
-    fn write_zeroes(&self, _offset: u64, _len: u64, _unmap: bool) -> io::Result<()> {
-        Err(readonly::refuse_write("vmdk"))
-    }
-
-    fn extent_at(&self, offset: u64, max_len: u64) -> io::Result<Extent> {
-        if offset >= self.size || max_len == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "offset {offset} is past the end of the disk ({} bytes)",
-                    self.size
-                ),
-            ));
-        }
+    fn map(&self, offset: u64, max_len: u64) -> io::Result<Extent> {
         let (_, placed) = self.placed(offset)?;
         let within = offset - placed.start;
         let max_len = max_len.min(placed.len - within);
