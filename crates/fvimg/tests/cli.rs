@@ -531,3 +531,72 @@ fn vmdk_and_vhd_images_convert_and_report() {
         assert!(err.contains("read-only"), "{name}: {err}");
     }
 }
+
+/// The cluster offset bits of an L1 or L2 entry.
+const OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
+
+fn be64(b: &[u8], at: usize) -> u64 {
+    u64::from_be_bytes(b[at..at + 8].try_into().unwrap())
+}
+
+fn put_be64(b: &mut [u8], at: usize, v: u64) {
+    b[at..at + 8].copy_from_slice(&v.to_be_bytes());
+}
+
+/// Bad offsets and overlapping tables, damaged on purpose: fvimg check and
+/// qemu-img check give the same verdict (exit status), and neither panics.
+#[test]
+fn check_agrees_with_qemu_img_on_bad_offsets_and_overlaps() {
+    let s = Scratch::new("check-offsets");
+    let img = s.p("o.qcow2");
+    let fresh = || {
+        let _ = std::fs::remove_file(&img);
+        ok(
+            "qemu-img",
+            &["create", "-f", "qcow2", "-o", "cluster_size=4k", &img, "4M"],
+        );
+        ok("qemu-io", &["-c", "write -P 5 0 16k", &img]);
+        let b = std::fs::read(&img).unwrap();
+        let l1 = be64(&b, 40) as usize;
+        let l2 = (be64(&b, l1) & OFFSET_MASK) as usize;
+        (b, l1, l2)
+    };
+    let copied = 1u64 << 63;
+    let cases: Vec<(&str, Box<dyn Fn(&mut Vec<u8>, usize, usize)>)> = vec![
+        (
+            "a data cluster past the end of the file",
+            Box::new(move |b, _, l2| put_be64(b, l2, copied | 0x4000_0000)),
+        ),
+        (
+            "an L2 table past the end of the file",
+            Box::new(move |b, l1, _| put_be64(b, l1, copied | 0x4000_0000)),
+        ),
+        (
+            "an unaligned L2 table offset",
+            Box::new(move |b, l1, l2| put_be64(b, l1, copied | (l2 as u64 + 512))),
+        ),
+        (
+            "a data cluster overlapping the L1 table",
+            Box::new(move |b, l1, l2| put_be64(b, l2 + 8, copied | l1 as u64)),
+        ),
+        (
+            "two L2 entries sharing a cluster",
+            Box::new(move |b, _, l2| {
+                let first = be64(b, l2);
+                put_be64(b, l2 + 8, first);
+            }),
+        ),
+    ];
+    for (what, damage) in cases {
+        let (mut b, l1, l2) = fresh();
+        damage(&mut b, l1, l2);
+        std::fs::write(&img, &b).unwrap();
+        let (theirs, qout, qerr) = exec("qemu-img", &["check", &img]);
+        let (ours, out, err) = fvimg(&["check", &img]);
+        assert_eq!(
+            ours, theirs,
+            "{what}: fvimg check {ours}, qemu-img check {theirs}\nfvimg: {out}{err}\nqemu-img: {qout}{qerr}"
+        );
+        assert_ne!(ours, 0, "{what}: the damage is found");
+    }
+}
