@@ -543,6 +543,9 @@ fn put_be64(b: &mut [u8], at: usize, v: u64) {
     b[at..at + 8].copy_from_slice(&v.to_be_bytes());
 }
 
+/// Damage done to an image's bytes, given the L1 and first L2 table offsets.
+type Damage = dyn Fn(&mut Vec<u8>, usize, usize);
+
 /// Bad offsets and overlapping tables, damaged on purpose: fvimg check and
 /// qemu-img check give the same verdict (exit status), and neither panics.
 #[test]
@@ -562,7 +565,7 @@ fn check_agrees_with_qemu_img_on_bad_offsets_and_overlaps() {
         (b, l1, l2)
     };
     let copied = 1u64 << 63;
-    let cases: Vec<(&str, Box<dyn Fn(&mut Vec<u8>, usize, usize)>)> = vec![
+    let cases: Vec<(&str, Box<Damage>)> = vec![
         (
             "a data cluster past the end of the file",
             Box::new(move |b, _, l2| put_be64(b, l2, copied | 0x4000_0000)),
