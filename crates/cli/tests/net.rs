@@ -283,3 +283,69 @@ fn an_inherited_tap_descriptor_carries_the_nic() {
     assert_eq!(times.len(), 10);
     assert_eq!(finish(vm, &p).code(), debug_exit(0));
 }
+
+/// Two NICs in one guest: two TAPs, two PCI functions with their own ids,
+/// MACs and counters; the probe drives the first and answers on it.
+#[test]
+fn a_guest_with_two_nics() {
+    if !require_lab() {
+        return;
+    }
+    let ns = NetNs::new();
+    let dir = TempDir::new("net-two");
+    let api = dir.join("api.sock");
+    let mut vm = start(
+        &ns,
+        "probe=net ip=10.81.0.2",
+        &[
+            "tap=fvtap0,ip=10.81.0.1,mask=255.255.255.0,mac=52:54:00:00:81:01,id=lan".into(),
+            "tap=fvtap1,ip=10.82.0.1,mask=255.255.255.0,mac=52:54:00:00:82:01,id=wan".into(),
+        ],
+        Some(&api),
+    );
+    let line = vm.wait_for_line("probe: net mac=", RUN_TIMEOUT);
+    assert!(line.contains("mac=52:54:00:00:81:01"), "{line}");
+    vm.wait_for_line("probe: net ready", RUN_TIMEOUT);
+    let ping = ns
+        .command(Path::new("ping"))
+        .args(["-c", "2", "-W", "5", "10.81.0.2"])
+        .output()
+        .expect("run ping");
+    assert!(ping.status.success(), "{ping:?}");
+
+    let info: Value = call(&api, "GET", "vm.info", None).json().unwrap();
+    let nics: Vec<&Value> = info["devices"]
+        .as_array()
+        .expect("devices")
+        .iter()
+        .filter(|d| d["type"] == "virtio-net")
+        .collect();
+    assert_eq!(nics.len(), 2, "{info}");
+    assert_eq!(nics[0]["id"], "lan", "{info}");
+    assert_eq!(nics[1]["id"], "wan", "{info}");
+    assert_ne!(nics[0]["pci_bdf"], nics[1]["pci_bdf"], "{info}");
+    let c = counters(&api);
+    assert!(c["lan"]["q0.rx_packets"].as_u64().unwrap() > 0, "{c}");
+    assert_eq!(
+        c["wan"]["q0.tx_packets"], 0,
+        "the probe drives one NIC: {c}"
+    );
+    // Both TAPs exist in the namespace, each with its host address.
+    let addrs = ns
+        .command(Path::new("ip"))
+        .args(["-4", "-o", "addr"])
+        .output()
+        .unwrap();
+    let addrs = String::from_utf8_lossy(&addrs.stdout);
+    assert!(
+        addrs.contains("fvtap0") && addrs.contains("10.81.0.1"),
+        "{addrs}"
+    );
+    assert!(
+        addrs.contains("fvtap1") && addrs.contains("10.82.0.1"),
+        "{addrs}"
+    );
+    let p = peer(&ns, [10, 81, 0, 1], [10, 81, 0, 2]);
+    let out = finish(vm, &p);
+    assert_eq!(out.code(), debug_exit(0), "{out:#?}");
+}
