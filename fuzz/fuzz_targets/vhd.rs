@@ -5,29 +5,11 @@
 
 use std::path::PathBuf;
 
-use block::DiskFile;
 use libfuzzer_sys::fuzz_target;
-use vm_memory::VolatileSlice;
 
-/// Reads the first and last 256 KiB and walks the first map entries.
-fn exercise(disk: &dyn DiskFile) {
-    let mut buf = vec![0u8; 256 << 10];
-    let size = disk.size();
-    for at in [0, size.saturating_sub(256 << 10)] {
-        let _ = disk.read_vectored_at(&[VolatileSlice::from(&mut buf[..])], at);
-    }
-    let mut at = 0;
-    for _ in 0..64 {
-        match disk.extent_at(at, u64::MAX) {
-            Ok(e) if e.length > 0 && e.start == at => at += e.length,
-            Ok(e) => panic!("bad extent {e:?} at {at}"),
-            Err(_) => break,
-        }
-        if at >= size {
-            break;
-        }
-    }
-}
+#[path = "read_only_image.rs"]
+mod read_only_image;
+use read_only_image::exercise;
 
 fuzz_target!(|data: &[u8]| {
     thread_local! {

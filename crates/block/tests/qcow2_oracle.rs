@@ -179,6 +179,29 @@ fn backing_chains_read_back_and_resolve_relative_names() {
     .err()
     .expect("chain deeper than the cap");
     assert!(err.to_string().contains("deeper than 1"), "{err}");
+    // A cap of 0 refuses any backing file, as an error callers can tell apart.
+    let err = open_image(
+        &top,
+        &ImageOptions {
+            read_only: true,
+            qcow2: Qcow2Options {
+                max_backing_depth: 0,
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    )
+    .err()
+    .expect("no backing files allowed");
+    assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied, "{err}");
+    assert!(
+        matches!(
+            err.get_ref()
+                .and_then(|e| e.downcast_ref::<block::qcow2::Qcow2Error>()),
+            Some(block::qcow2::Qcow2Error::BackingNotAllowed(_))
+        ),
+        "{err}"
+    );
     // Declared raw: its bytes are never interpreted, the backing never opened.
     let raw_view = open_image(
         &top,

@@ -245,15 +245,13 @@ impl Group {
             if !group.dirs.contains(&dir) {
                 fs::create_dir_all(&dir)
                     .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", dir.display())))?;
-                if hierarchy.unified {
-                    // Delegate the controller down to the VM's group.
-                    let enable = format!("+{}", controller.v2_name());
-                    write(&hierarchy.mount.join("cgroup.subtree_control"), &enable)?;
-                    write(&parent.join("cgroup.subtree_control"), &enable)?;
-                }
                 group.dirs.push(dir.clone());
-            } else if hierarchy.unified {
+            }
+            if hierarchy.unified {
+                // Delegate every controller used down to the VM's group, from
+                // the root (each one: the root enables only what it is told).
                 let enable = format!("+{}", controller.v2_name());
+                write(&hierarchy.mount.join("cgroup.subtree_control"), &enable)?;
                 write(&parent.join("cgroup.subtree_control"), &enable)?;
             }
             if hierarchy.unified {

@@ -6,12 +6,11 @@
 //! the threads it starts later, so apply it before the threads that should
 //! be restricted exist (see `thread::start_spawner`, which is told too).
 
-use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::path::PathBuf;
 
 use landlock::{
     Access, AccessFs, BitFlags, CompatLevel, Compatible, PathBeneath, PathFd, Ruleset, RulesetAttr,
-    RulesetCreatedAttr, RulesetStatus, ABI,
+    RulesetCreated, RulesetCreatedAttr, RulesetStatus, ABI,
 };
 
 /// The newest Landlock ABI these rules know.
@@ -91,19 +90,21 @@ fn rights(access: Permission, directory: bool) -> BitFlags<AccessFs> {
     }
 }
 
-/// Rules the process already applied, so a second application (a second VM
-/// in one process) is reported as stacking on the first.
-static APPLIED: Mutex<Vec<Rule>> = Mutex::new(Vec::new());
+/// A ruleset built from rules, ready to restrict threads: built once (every
+/// rule's path opened once), applied to as many threads as need it.
+pub struct Prepared {
+    ruleset: RulesetCreated,
+    /// Rule paths that did not exist, so got no rule.
+    pub skipped: Vec<PathBuf>,
+}
 
-/// Restricts the calling thread (and the threads it starts from now on) to
-/// `rules`. Paths that do not exist are skipped (`skipped` lists them).
-pub fn restrict_self(rules: &[Rule]) -> Result<(Status, Vec<PathBuf>), Error> {
+/// Builds the ruleset of `rules`. Paths that do not exist are skipped.
+pub fn prepare(rules: &[Rule]) -> Result<Prepared, Error> {
     let mut skipped = Vec::new();
-    let ruleset = Ruleset::default()
+    let mut ruleset = Ruleset::default()
         .set_compatibility(CompatLevel::BestEffort)
         .handle_access(AccessFs::from_all(TARGET_ABI))
-        .map_err(|e| Error::Ruleset(e.to_string()))?;
-    let mut created = ruleset
+        .map_err(|e| Error::Ruleset(e.to_string()))?
         .create()
         .map_err(|e| Error::Ruleset(e.to_string()))?;
     for rule in rules {
@@ -121,23 +122,42 @@ pub fn restrict_self(rules: &[Rule]) -> Result<(Status, Vec<PathBuf>), Error> {
             }
         };
         let directory = rule.path.is_dir();
-        created = created
+        ruleset = ruleset
             .add_rule(PathBeneath::new(fd, rights(rule.access, directory)))
             .map_err(|e| Error::Ruleset(format!("{}: {e}", rule.path.display())))?;
     }
-    let status = created
-        .restrict_self()
-        .map_err(|e| Error::Ruleset(e.to_string()))?;
-    APPLIED
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .extend_from_slice(rules);
-    let status = match status.ruleset {
-        RulesetStatus::FullyEnforced => Status::Full,
-        RulesetStatus::PartiallyEnforced => Status::Partial,
-        RulesetStatus::NotEnforced => Status::Unsupported,
-    };
-    Ok((status, skipped))
+    Ok(Prepared { ruleset, skipped })
+}
+
+impl Prepared {
+    /// The same ruleset, for another thread.
+    pub fn try_clone(&self) -> std::io::Result<Prepared> {
+        Ok(Prepared {
+            ruleset: self.ruleset.try_clone()?,
+            skipped: self.skipped.clone(),
+        })
+    }
+
+    /// Restricts the calling thread (and the threads it starts from now on).
+    pub fn restrict_self(self) -> Result<Status, Error> {
+        let status = self
+            .ruleset
+            .restrict_self()
+            .map_err(|e| Error::Ruleset(e.to_string()))?;
+        Ok(match status.ruleset {
+            RulesetStatus::FullyEnforced => Status::Full,
+            RulesetStatus::PartiallyEnforced => Status::Partial,
+            RulesetStatus::NotEnforced => Status::Unsupported,
+        })
+    }
+}
+
+/// Restricts the calling thread (and the threads it starts from now on) to
+/// `rules`. Paths that do not exist are skipped (`skipped` lists them).
+pub fn restrict_self(rules: &[Rule]) -> Result<(Status, Vec<PathBuf>), Error> {
+    let prepared = prepare(rules)?;
+    let skipped = prepared.skipped.clone();
+    Ok((prepared.restrict_self()?, skipped))
 }
 
 /// The Landlock ABI version of the running kernel (0: none).
@@ -153,15 +173,6 @@ pub fn kernel_abi() -> i32 {
         )
     };
     i32::try_from(r).unwrap_or(0).max(0)
-}
-
-/// Whether `path` lies beneath one of the rules applied so far.
-pub fn is_allowed(path: &Path) -> bool {
-    APPLIED
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .iter()
-        .any(|r| path.starts_with(&r.path))
 }
 
 #[cfg(test)]

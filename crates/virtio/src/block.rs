@@ -228,18 +228,11 @@ impl VirtioDevice for Block {
     }
 
     fn pause(&mut self) -> bool {
-        // Every queue is asked, even after one fails, so none keeps running.
-        let mut all_paused = true;
-        for w in &self.workers {
-            all_paused &= w.pause();
-        }
-        all_paused
+        crate::worker::pause_all(&self.workers)
     }
 
     fn resume(&mut self) {
-        for w in &self.workers {
-            w.resume();
-        }
+        crate::worker::resume_all(&self.workers);
     }
 }
 

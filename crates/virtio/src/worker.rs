@@ -114,6 +114,19 @@ impl PauseControl {
     }
 }
 
+/// Pauses every worker of a device; true when all parked. Every one is
+/// asked, even after one fails, so none keeps running.
+pub fn pause_all(workers: &[Worker]) -> bool {
+    workers.iter().fold(true, |all, w| w.pause() & all)
+}
+
+/// Resumes every worker of a device.
+pub fn resume_all(workers: &[Worker]) {
+    for w in workers {
+        w.resume();
+    }
+}
+
 /// A running worker; dropping it stops and joins the thread.
 pub struct Worker {
     stop: EventFd,

@@ -95,18 +95,33 @@ pub(crate) fn read_boot_files(config: &VmConfig) -> Result<BootFiles, Error> {
             None | Some(crate::config::ImageType::Raw) => block::Format::Raw,
             Some(crate::config::ImageType::Qcow2) => block::Format::Qcow2,
         };
+        // Backing files are opened only when the config allows them, so an
+        // image from elsewhere cannot make the VMM read a host file.
         let options = block::ImageOptions {
             read_only: disk.readonly,
             direct: disk.direct,
             format: Some(format),
-            ..Default::default()
+            qcow2: block::qcow2::Qcow2Options {
+                max_backing_depth: if disk.backing_files {
+                    block::qcow2::MAX_BACKING_DEPTH
+                } else {
+                    0
+                },
+                ..Default::default()
+            },
         };
-        let failed =
-            |e: std::io::Error| ConfigError::new("--disk", format!("{}: {e}", disk.path.display()));
-        if format == block::Format::Qcow2 && !disk.backing_files {
-            refuse_backing_file(&disk.path).map_err(failed)?;
-        }
-        let file = block::open_image(&disk.path, &options).map_err(failed)?;
+        let file = block::open_image(&disk.path, &options).map_err(|e| {
+            let refused = e
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<block::qcow2::Qcow2Error>())
+                .is_some_and(|q| matches!(q, block::qcow2::Qcow2Error::BackingNotAllowed(_)));
+            let hint = if refused {
+                "; add backing_files=on to let ferrovisor open it"
+            } else {
+                ""
+            };
+            ConfigError::new("--disk", format!("{}: {e}{hint}", disk.path.display()))
+        })?;
         disks.push(Arc::from(file));
     }
     let channels = if config.channels.is_empty() {
@@ -128,24 +143,4 @@ pub(crate) fn read_boot_files(config: &VmConfig) -> Result<BootFiles, Error> {
         channels,
         nets,
     })
-}
-
-/// Refuses a qcow2 image whose header names a backing file: the VMM opens
-/// backing files only with `backing_files=on`.
-fn refuse_backing_file(path: &std::path::Path) -> std::io::Result<()> {
-    let image = block::Qcow2Image::open(
-        path,
-        &block::qcow2::Qcow2Options {
-            read_only: true,
-            open_backing: false,
-            ..Default::default()
-        },
-    )?;
-    match image.header().backing_file {
-        Some(name) => Err(std::io::Error::new(
-            std::io::ErrorKind::PermissionDenied,
-            format!("the image names a backing file ({name}); add backing_files=on to let ferrovisor open it"),
-        )),
-        None => Ok(()),
-    }
 }

@@ -114,11 +114,16 @@ pub fn apply_landlock(config: &VmConfig, extra: &[Rule]) -> Result<(), Error> {
     let mut rules = rules_for(config);
     rules.extend_from_slice(extra);
     let failed = |e: landlock::Error| Error::Internal(e.to_string());
-    let (status, skipped) = landlock::restrict_self(&rules).map_err(failed)?;
-    if let Some(on_spawner) = sandbox::thread::run_on_spawner({
-        let rules = rules.clone();
-        move || landlock::restrict_self(&rules).map(|_| ())
-    }) {
+    // One ruleset (each path opened once), applied here and on the spawner.
+    let prepared = landlock::prepare(&rules).map_err(failed)?;
+    let skipped = prepared.skipped.clone();
+    let for_spawner = prepared
+        .try_clone()
+        .map_err(Error::io("duplicating the Landlock ruleset"))?;
+    let status = prepared.restrict_self().map_err(failed)?;
+    if let Some(on_spawner) =
+        sandbox::thread::run_on_spawner(move || for_spawner.restrict_self().map(|_| ()))
+    {
         on_spawner
             .map_err(Error::io("restricting the thread spawner"))?
             .map_err(failed)?;

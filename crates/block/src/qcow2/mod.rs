@@ -69,6 +69,9 @@ pub enum Qcow2Error {
     /// A request that cannot be met (bad option, size, name).
     #[error("{0}")]
     Invalid(String),
+    /// The image names a backing file, and `max_backing_depth` is 0.
+    #[error("the image names a backing file ({0}), and backing files are not allowed")]
+    BackingNotAllowed(String),
     /// Reading or writing a structure failed.
     #[error("qcow2 {what} at offset {offset:#x}")]
     Io {
@@ -114,6 +117,8 @@ impl From<Qcow2Error> for io::Error {
             ),
             Qcow2Error::Unsupported(_) => io::Error::new(io::ErrorKind::Unsupported, e.to_string()),
             Qcow2Error::Invalid(_) => io::Error::new(io::ErrorKind::InvalidInput, e.to_string()),
+            // Kept whole, so callers can tell it apart (`io::Error::get_ref`).
+            Qcow2Error::BackingNotAllowed(_) => io::Error::new(io::ErrorKind::PermissionDenied, e),
             Qcow2Error::Corrupt { .. } => io::Error::new(io::ErrorKind::InvalidData, e.to_string()),
         }
     }
@@ -131,7 +136,8 @@ pub struct Qcow2Options {
     /// Open the backing chain (false: unallocated clusters read as zeros,
     /// as for `rebase -u` and for `info`).
     pub open_backing: bool,
-    /// Deepest backing chain accepted.
+    /// Deepest backing chain accepted; 0 refuses an image that names a
+    /// backing file at all.
     pub max_backing_depth: u32,
     /// Never fdatasync, not even on flush (qemu-img's cache=unsafe).
     pub no_sync: bool,
@@ -242,6 +248,9 @@ impl Qcow2Image {
         refs.no_sync = options.no_sync;
         let backing = match (&header.backing_file, options.open_backing) {
             (Some(name), true) => {
+                if options.max_backing_depth == 0 {
+                    return Err(Qcow2Error::BackingNotAllowed(name.clone()).into());
+                }
                 if depth + 1 > options.max_backing_depth {
                     return Err(Qcow2Error::Invalid(format!(
                         "backing chain deeper than {}",

@@ -209,7 +209,8 @@ pub fn mode() -> Mode {
 }
 
 thread_local! {
-    /// The kind of the calling thread, for the SIGSYS line (`u8::MAX`: none).
+    /// The kind of the calling thread (`kind as u8`, an index into
+    /// [`ThreadKind::ALL`]), for the SIGSYS line (`u8::MAX`: none).
     static KIND: Cell<u8> = const { Cell::new(u8::MAX) };
 }
 
@@ -222,9 +223,7 @@ pub fn enter(kind: ThreadKind) -> Result<(), Error> {
     let Some(program) = filters.programs.get(&kind) else {
         return Ok(());
     };
-    if let Some(index) = ThreadKind::ALL.iter().position(|k| *k == kind) {
-        KIND.with(|k| k.set(index as u8));
-    }
+    KIND.with(|k| k.set(kind as u8));
     seccompiler::apply_filter(program).map_err(|source| Error::Install {
         kind: kind.name(),
         source,
@@ -378,6 +377,14 @@ mod tests {
             .unwrap();
             let program = BpfProgram::try_from(filter).unwrap();
             assert!(!program.is_empty(), "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn kinds_are_listed_in_declaration_order() {
+        // The SIGSYS handler finds a thread's kind as ALL[kind as u8].
+        for (i, kind) in ThreadKind::ALL.into_iter().enumerate() {
+            assert_eq!(kind as usize, i, "{kind:?}");
         }
     }
 

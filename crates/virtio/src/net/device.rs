@@ -331,16 +331,10 @@ impl VirtioDevice for Net {
     }
 
     fn pause(&mut self) -> bool {
-        let mut all_paused = true;
-        for w in &self.workers {
-            all_paused &= w.pause();
-        }
-        all_paused
+        crate::worker::pause_all(&self.workers)
     }
 
     fn resume(&mut self) {
-        for w in &self.workers {
-            w.resume();
-        }
+        crate::worker::resume_all(&self.workers);
     }
 }
