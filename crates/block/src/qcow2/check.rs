@@ -4,8 +4,6 @@
 //! references with the stored refcounts and the COPIED flags, and rebuilds
 //! the refcount structures from the references when asked.
 
-use std::os::unix::fs::FileExt;
-
 use super::header::MAX_HOST_OFFSET;
 use super::refcount::{max_refcount, set_entry};
 use super::{
@@ -239,7 +237,11 @@ impl Qcow2Image {
     /// Checks the image; repairs per `mode` (needs a writable image).
     pub fn check(&self, mode: CheckMode) -> Result<CheckReport, Qcow2Error> {
         let mut m = self.lock();
-        let mut w = self.walk(&mut m)?;
+        self.structural(&mut m, |m| self.check_locked(m, mode))
+    }
+
+    fn check_locked(&self, m: &mut Meta, mode: CheckMode) -> Result<CheckReport, Qcow2Error> {
+        let mut w = self.walk(m)?;
         let mut report = CheckReport {
             total_clusters: m.header.size.div_ceil(self.cs()),
             ..Default::default()
@@ -265,7 +267,7 @@ impl Qcow2Image {
                 ));
             }
         }
-        let flag_errors = self.copied_errors(&mut m, &w.copied)?;
+        let flag_errors = self.copied_errors(m, &w.copied)?;
         for (at, entry, want) in &flag_errors {
             report.messages.push(format!(
                 "ERROR OFLAG_COPIED at {at:#x}: entry {entry:#x} wants COPIED={want}"
@@ -294,7 +296,7 @@ impl Qcow2Image {
             ));
         }
         if repair_refcounts {
-            self.write_refcounts(&mut m, w.counts)?;
+            self.write_refcounts(m, w.counts)?;
             report.leaks_fixed = report.leaks;
             if mode == CheckMode::All {
                 report.corruptions_fixed += refcount_errors;
@@ -302,7 +304,7 @@ impl Qcow2Image {
         }
         if repair_flags {
             // Against the refcounts as they are now (rebuilt or not).
-            for (at, entry, want) in self.copied_errors(&mut m, &w.copied)? {
+            for (at, entry, want) in self.copied_errors(m, &w.copied)? {
                 let fixed = if want {
                     entry | COPIED
                 } else {
@@ -321,7 +323,7 @@ impl Qcow2Image {
         if mode == CheckMode::All && m.header.corrupt() && all_fixed {
             m.header.incompatible_features &= !super::header::INCOMPAT_CORRUPT;
             // Nothing is left to fix: the image is consistent again (as QEMU does).
-            self.write_incompatible(&m)?;
+            self.write_incompatible(m)?;
             self.sync().map_err(|e| Qcow2Error::io("header", 72, e))?;
         }
         if report.leaks_fixed > 0 || report.corruptions_fixed > 0 {

@@ -1,7 +1,6 @@
 //! Creating images (with preallocation) and growing them.
 
 use std::io;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
@@ -213,7 +212,8 @@ impl Qcow2Image {
     }
 
     fn flush_all(&self) -> io::Result<()> {
-        self.sync()
+        let mut m = self.lock();
+        Ok(self.flush_metadata(&mut m)?)
     }
 
     /// Grows the guest size to `new_size` bytes (shrinking is refused).
@@ -226,10 +226,12 @@ impl Qcow2Image {
         if new_size > MAX_VIRTUAL_SIZE {
             return Err(Qcow2Error::Invalid(format!("size {new_size} too large")).into());
         }
-        self.grow_l1(&mut m, new_size)?;
-        self.write_at_meta(&new_size.to_be_bytes(), 24, "header")?;
-        m.header.size = new_size;
-        self.sync()?;
+        self.structural(&mut m, |m| {
+            self.grow_l1(m, new_size)?;
+            self.write_at_meta(&new_size.to_be_bytes(), 24, "header")?;
+            m.header.size = new_size;
+            self.sync_meta("header")
+        })?;
         Ok(())
     }
 
@@ -280,6 +282,10 @@ impl Qcow2Image {
             return Ok(());
         }
         let mut m = self.lock();
+        Ok(self.structural(&mut m, |m| self.preallocate_locked(m, mode))?)
+    }
+
+    fn preallocate_locked(&self, m: &mut Meta, mode: Preallocation) -> Result<(), Qcow2Error> {
         let cs = self.cs();
         let clusters = m.header.size.div_ceil(cs);
         let per_table = self.l2_entries();
@@ -288,40 +294,32 @@ impl Qcow2Image {
         while done < clusters {
             let l1_idx = (done / per_table) as usize;
             let n = per_table.min(clusters - done);
-            self.l2_for_write(&mut m, l1_idx)?;
+            self.l2_for_write(m, l1_idx)?;
             let host = m.refs.alloc(&self.file, n)?;
             let entries: Vec<(u64, u64)> =
                 (0..n).map(|i| ((host + i * cs) | COPIED, bitmap)).collect();
-            self.set_l2_entries(&mut m, l1_idx, 0, &entries)?;
+            self.set_l2_entries(m, l1_idx, 0, &entries)?;
             match mode {
                 Preallocation::Falloc => {
-                    // SAFETY: fallocate on our own descriptor with integer arguments.
-                    let r = unsafe {
-                        libc::fallocate(
-                            self.file.as_raw_fd(),
-                            0,
-                            host as libc::off_t,
-                            (n * cs) as libc::off_t,
-                        )
-                    };
-                    if r != 0 {
-                        return Err(io::Error::last_os_error());
-                    }
+                    self.file
+                        .allocate(host, n * cs)
+                        .map_err(|e| Qcow2Error::io("data cluster", host, e))?;
                 }
                 Preallocation::Full => {
                     let zeros = vec![0u8; (n * cs).min(8 << 20) as usize];
                     let mut at = 0;
                     while at < n * cs {
                         let k = (zeros.len() as u64).min(n * cs - at);
-                        self.file.write_all_at(&zeros[..k as usize], host + at)?;
+                        self.write_at_meta(&zeros[..k as usize], host + at, "data cluster")?;
                         at += k;
                     }
                 }
                 _ => {
                     // Make the file cover the mapped clusters.
-                    let len = self.file.metadata()?.len();
+                    let io = |e| Qcow2Error::io("image", host, e);
+                    let len = self.file.metadata().map_err(io)?.len();
                     if len < host + n * cs {
-                        self.file.set_len(host + n * cs)?;
+                        self.file.set_len(host + n * cs).map_err(io)?;
                     }
                 }
             }

@@ -51,7 +51,7 @@ impl Qcow2Image {
         let mut raw = vec![0u8; self.cs() as usize];
         self.pread(&mut raw, off, "L2 table")?;
         let table = raw.chunks_exact(8).map(super::be64).collect();
-        m.l2_cache.put(off, table);
+        self.cache_l2(m, off, table)?;
         Ok(Some(off))
     }
 

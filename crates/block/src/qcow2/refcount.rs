@@ -1,9 +1,12 @@
 //! Reference counts: the refcount table, refcount blocks of 1 to 64-bit
-//! entries (bounded LRU cache, written through) and cluster allocation.
-//! A cluster's refcount is written before anything points at it.
+//! entries (bounded LRU cache, written back unless `write_through`) and
+//! cluster allocation. A refcount block on disk may count more references
+//! than exist (a leak) but never fewer: increments may be written at any
+//! time, and decrements reach it only once the reference is gone on disk.
 
-use std::fs::File;
-use std::os::unix::fs::FileExt;
+use std::collections::HashMap;
+
+use super::host_file::HostFile as File;
 
 use lru::LruCache;
 
@@ -94,6 +97,11 @@ pub struct Refcounts {
     free_hint: u64,
     /// Skip fdatasync (qemu-img's cache=unsafe).
     pub no_sync: bool,
+    /// Write every change at once (structural operations) instead of
+    /// keeping it in the cache until [`write_dirty`](Self::write_dirty).
+    pub write_through: bool,
+    /// Cached blocks changed in memory only: block offset to byte range.
+    dirty: HashMap<u64, (usize, usize)>,
 }
 
 impl Refcounts {
@@ -129,6 +137,8 @@ impl Refcounts {
             file_end: file_len.div_ceil(cs) * cs,
             free_hint: 0,
             no_sync: false,
+            write_through: false,
+            dirty: HashMap::new(),
         })
     }
 
@@ -168,7 +178,7 @@ impl Refcounts {
         let mut block = vec![0u8; self.cs() as usize];
         file.read_exact_at(&mut block, off)
             .map_err(|e| Qcow2Error::io("refcount block", off, e))?;
-        self.cache.put(off, block);
+        self.cache_put(file, off, block)?;
         Ok(Some(off))
     }
 
@@ -222,10 +232,15 @@ impl Refcounts {
         }
         file.write_all_at(&block, off)
             .map_err(|e| Qcow2Error::io("refcount block", off, e))?;
-        self.cache.put(off, block);
+        self.cache_put(file, off, block)?;
         if own != bi {
             self.set_range(file, off >> self.cluster_bits, 1, 1)?;
         }
+        // The block, and the count of its own cluster, are on disk before
+        // the table points at it.
+        self.write_dirty(file)?;
+        self.sync(file)
+            .map_err(|e| Qcow2Error::io("refcount block", off, e))?;
         self.table[bi as usize] = off;
         let at = self.table_offset + bi * 8;
         file.write_all_at(&off.to_be_bytes(), at)
@@ -276,7 +291,7 @@ impl Refcounts {
             let block = vec![0u8; cs as usize];
             file.write_all_at(&block, off)
                 .map_err(|e| Qcow2Error::io("refcount block", off, e))?;
-            self.cache.put(off, block);
+            self.cache_put(file, off, block)?;
             table[*bi as usize] = off;
         }
         let old = (self.table_offset, self.table_clusters);
@@ -287,6 +302,7 @@ impl Refcounts {
         self.write_table(file)?;
         let first = t_off >> self.cluster_bits;
         self.set_range(file, first, t_clusters + new_blocks.len() as u64, 1)?;
+        self.write_dirty(file)?;
         self.sync(file)
             .map_err(|e| Qcow2Error::io("refcount table", t_off, e))?;
         let mut fields = [0u8; 12];
@@ -378,8 +394,13 @@ impl Refcounts {
                     self.free_hint = self.free_hint.min(i);
                 }
             }
-            file.write_all_at(&block[lo..hi], off + lo as u64)
-                .map_err(|e| Qcow2Error::io("refcount block", off, e))?;
+            if self.write_through {
+                file.write_all_at(&block[lo..hi], off + lo as u64)
+                    .map_err(|e| Qcow2Error::io("refcount block", off, e))?;
+            } else {
+                let r = self.dirty.entry(off).or_insert((lo, hi));
+                *r = (r.0.min(lo), r.1.max(hi));
+            }
             index = stop;
         }
         Ok(())
@@ -440,7 +461,34 @@ impl Refcounts {
     /// Drops every cached block (after the table was rewritten elsewhere).
     pub fn clear_cache(&mut self) {
         self.cache.clear();
+        self.dirty.clear();
         self.free_hint = 0;
+    }
+
+    /// Puts a block into the cache, writing out the changes of the block
+    /// it pushes out.
+    fn cache_put(&mut self, file: &File, off: u64, block: Vec<u8>) -> Result<(), Qcow2Error> {
+        if let Some((old, data)) = self.cache.push(off, block) {
+            if old != off {
+                if let Some((lo, hi)) = self.dirty.remove(&old) {
+                    file.write_all_at(&data[lo..hi], old + lo as u64)
+                        .map_err(|e| Qcow2Error::io("refcount block", old, e))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes every change held in the cache (no sync).
+    pub fn write_dirty(&mut self, file: &File) -> Result<(), Qcow2Error> {
+        let mut dirty: Vec<(u64, (usize, usize))> = self.dirty.drain().collect();
+        dirty.sort_unstable();
+        for (off, (lo, hi)) in dirty {
+            let block = self.cache.peek(&off).ok_or_else(|| cache_miss(off))?;
+            file.write_all_at(&block[lo..hi], off + lo as u64)
+                .map_err(|e| Qcow2Error::io("refcount block", off, e))?;
+        }
+        Ok(())
     }
 }
 

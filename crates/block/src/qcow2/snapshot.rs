@@ -1,8 +1,7 @@
 //! The internal snapshot table: parsing (every entry bounded by the file
 //! and the caps) and listing.
 
-use std::fs::File;
-use std::os::unix::fs::FileExt;
+use super::host_file::HostFile as File;
 
 use super::header::{Header, MAX_L1_BYTES};
 use super::{corrupt, Qcow2Error};
@@ -319,21 +318,24 @@ impl Qcow2Image {
     pub fn create_snapshot(&self, name: &str) -> std::io::Result<()> {
         self.check_writable()?;
         let mut m = self.lock();
-        let mut snaps = self.snapshots_locked(&m)?;
+        Ok(self.structural(&mut m, |m| self.create_snapshot_locked(m, name))?)
+    }
+
+    fn create_snapshot_locked(&self, m: &mut Meta, name: &str) -> Result<(), Qcow2Error> {
+        let mut snaps = self.snapshots_locked(m)?;
         if name.is_empty()
             || name.len() > 65535
             || snaps.iter().any(|s| s.name == name || s.id == name)
         {
             return Err(Qcow2Error::Invalid(format!(
                 "snapshot name '{name}' is empty, too long or taken"
-            ))
-            .into());
+            )));
         }
         if m.refs.order() == 0 {
             // Every shared cluster needs a refcount of 2.
-            return Err(
-                Qcow2Error::Unsupported("snapshots of images with 1-bit refcounts".into()).into(),
-            );
+            return Err(Qcow2Error::Unsupported(
+                "snapshots of images with 1-bit refcounts".into(),
+            ));
         }
         let cs = self.cs();
         let l1 = m.l1.clone();
@@ -349,8 +351,8 @@ impl Qcow2Image {
             self.write_at_meta(&raw, off, "snapshot L1 table")?;
             off
         };
-        self.tree_refs(&mut m, &l1, 1)?;
-        self.fix_copied(&mut m)?;
+        self.tree_refs(m, &l1, 1)?;
+        self.fix_copied(m)?;
         let id = snaps
             .iter()
             .filter_map(|s| s.id.parse::<u64>().ok())
@@ -372,8 +374,8 @@ impl Qcow2Image {
             disk_size: m.header.size,
             extra: Vec::new(),
         });
-        self.replace_table(&mut m, &snaps)?;
-        self.sync()?;
+        self.replace_table(m, &snaps)?;
+        self.sync_meta("image")?;
         Ok(())
     }
 
@@ -381,7 +383,11 @@ impl Qcow2Image {
     pub fn apply_snapshot(&self, name: &str) -> std::io::Result<()> {
         self.check_writable()?;
         let mut m = self.lock();
-        let snaps = self.snapshots_locked(&m)?;
+        Ok(self.structural(&mut m, |m| self.apply_snapshot_locked(m, name))?)
+    }
+
+    fn apply_snapshot_locked(&self, m: &mut Meta, name: &str) -> Result<(), Qcow2Error> {
+        let snaps = self.snapshots_locked(m)?;
         let s = &snaps[Self::find(&snaps, name)?];
         let mut raw = vec![0u8; s.l1_size as usize * 8];
         self.pread(&mut raw, s.l1_table_offset, "snapshot L1 table")?;
@@ -389,10 +395,9 @@ impl Qcow2Image {
         if snap_l1.len() > m.l1.len() {
             return Err(Qcow2Error::Unsupported(
                 "applying a snapshot larger than the current L1 table".into(),
-            )
-            .into());
+            ));
         }
-        self.tree_refs(&mut m, &snap_l1, 1)?;
+        self.tree_refs(m, &snap_l1, 1)?;
         let old = m.l1.clone();
         let mut new = snap_l1.clone();
         new.resize(old.len(), 0);
@@ -401,17 +406,17 @@ impl Qcow2Image {
             .flat_map(|e| (e & !COPIED).to_be_bytes())
             .collect();
         self.write_at_meta(&bytes, m.header.l1_table_offset, "L1 table")?;
-        self.sync()?;
+        self.sync_meta("image")?;
         m.l1 = new.iter().map(|e| e & !COPIED).collect();
-        self.tree_refs(&mut m, &old, -1)?;
+        self.tree_refs(m, &old, -1)?;
         if s.disk_size != 0 && s.disk_size != m.header.size {
             self.write_at_meta(&s.disk_size.to_be_bytes(), 24, "header")?;
             m.header.size = s.disk_size;
         }
-        self.fix_copied(&mut m)?;
+        self.fix_copied(m)?;
         m.compressed_cache = None;
         m.compressed_cursor = 0;
-        self.sync()?;
+        self.sync_meta("image")?;
         Ok(())
     }
 
@@ -419,21 +424,25 @@ impl Qcow2Image {
     pub fn delete_snapshot(&self, name: &str) -> std::io::Result<()> {
         self.check_writable()?;
         let mut m = self.lock();
-        let mut snaps = self.snapshots_locked(&m)?;
+        Ok(self.structural(&mut m, |m| self.delete_snapshot_locked(m, name))?)
+    }
+
+    fn delete_snapshot_locked(&self, m: &mut Meta, name: &str) -> Result<(), Qcow2Error> {
+        let mut snaps = self.snapshots_locked(m)?;
         let s = snaps.remove(Self::find(&snaps, name)?);
         let mut raw = vec![0u8; s.l1_size as usize * 8];
         self.pread(&mut raw, s.l1_table_offset, "snapshot L1 table")?;
         let snap_l1: Vec<u64> = raw.chunks_exact(8).map(super::be64).collect();
-        self.replace_table(&mut m, &snaps)?;
-        self.sync()?;
-        self.tree_refs(&mut m, &snap_l1, -1)?;
+        self.replace_table(m, &snaps)?;
+        self.sync_meta("image")?;
+        self.tree_refs(m, &snap_l1, -1)?;
         if s.l1_size > 0 {
             let n = (s.l1_size as u64 * 8).div_ceil(self.cs());
             m.refs
                 .add_range(&self.file, s.l1_table_offset >> self.cluster_bits, n, -1)?;
         }
-        self.fix_copied(&mut m)?;
-        self.sync()?;
+        self.fix_copied(m)?;
+        self.sync_meta("image")?;
         Ok(())
     }
 }

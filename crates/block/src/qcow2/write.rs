@@ -4,9 +4,6 @@
 //! discard and compressed writes. Order: refcounts, then data, then the
 //! L2 entry, then the L1 entry; old clusters are released last.
 
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileExt;
-
 use super::read::Kind;
 use super::{
     compress, corrupt, Meta, Qcow2Error, Qcow2Image, COMPRESSED, COPIED, OFFSET_MASK, ZERO,
@@ -46,20 +43,25 @@ impl Qcow2Image {
             .l2_cache
             .get_mut(&off)
             .ok_or_else(|| corrupt("L2 table", off, "vanished from the cache"))?;
-        let mut raw = Vec::with_capacity(entries.len() * 16);
+        let words = if self.extended { 2 } else { 1 };
+        let (lo, hi) = (first * words, (first + entries.len()) * words);
+        if hi > table.len() {
+            return Err(Qcow2Error::Invalid(format!(
+                "L2 entries {first}.. past the table"
+            )));
+        }
         for (i, (e, b)) in entries.iter().enumerate() {
+            table[(first + i) * words] = *e;
             if self.extended {
-                table[2 * (first + i)] = *e;
-                table[2 * (first + i) + 1] = *b;
-                raw.extend_from_slice(&e.to_be_bytes());
-                raw.extend_from_slice(&b.to_be_bytes());
-            } else {
-                table[first + i] = *e;
-                raw.extend_from_slice(&e.to_be_bytes());
+                table[(first + i) * words + 1] = *b;
             }
         }
-        let at = off + first as u64 * if self.extended { 16 } else { 8 };
-        self.write_at_meta(&raw, at, "L2 table")
+        if m.refs.write_through {
+            let raw: Vec<u8> = table[lo..hi].iter().flat_map(|e| e.to_be_bytes()).collect();
+            return self.write_at_meta(&raw, off + lo as u64 * 8, "L2 table");
+        }
+        self.mark_l2_dirty(m, off, lo, hi);
+        Ok(())
     }
 
     /// The L2 table of `l1_idx`, allocated (or copied, when shared with a
@@ -97,15 +99,22 @@ impl Qcow2Image {
             }
         }
         let new = m.refs.alloc(&self.file, 1)?;
-        let raw: Vec<u8> = table.iter().flat_map(|e| e.to_be_bytes()).collect();
-        self.write_at_meta(&raw, new, "L2 table")?;
-        m.l2_cache.put(new, table);
-        m.l1[l1_idx] = new | COPIED;
-        let at = m.header.l1_table_offset + l1_idx as u64 * 8;
-        self.write_at_meta(&(new | COPIED).to_be_bytes(), at, "L1 table")?;
+        let words = table.len();
+        if m.refs.write_through {
+            let raw: Vec<u8> = table.iter().flat_map(|e| e.to_be_bytes()).collect();
+            self.write_at_meta(&raw, new, "L2 table")?;
+            self.cache_l2(m, new, table)?;
+            m.l1[l1_idx] = new | COPIED;
+            let at = m.header.l1_table_offset + l1_idx as u64 * 8;
+            self.write_at_meta(&(new | COPIED).to_be_bytes(), at, "L1 table")?;
+        } else {
+            self.cache_l2(m, new, table)?;
+            self.mark_l2_dirty(m, new, 0, words);
+            m.l1[l1_idx] = new | COPIED;
+            m.dirty_l1.insert(l1_idx);
+        }
         if old != 0 {
-            m.refs
-                .add_range(&self.file, old >> self.cluster_bits, 1, -1)?;
+            self.drop_reference(m, old >> self.cluster_bits, 1)?;
         }
         Ok(new)
     }
@@ -126,29 +135,7 @@ impl Qcow2Image {
             }
             (host >> self.cluster_bits, host >> self.cluster_bits)
         };
-        for c in first..=last {
-            m.refs.add_range(&self.file, c, 1, -1)?;
-            if m.refs.get(&self.file, c)? == 0 {
-                self.punch(c << self.cluster_bits, self.cs());
-                if m.compressed_cursor >> self.cluster_bits == c {
-                    m.compressed_cursor = 0;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Deallocates host bytes (best effort: the refcount already says free).
-    fn punch(&self, offset: u64, len: u64) {
-        // SAFETY: fallocate on our own descriptor with integer arguments.
-        unsafe {
-            libc::fallocate(
-                self.file.as_raw_fd(),
-                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                offset as libc::off_t,
-                len as libc::off_t,
-            );
-        }
+        self.drop_reference(m, first, last - first + 1)
     }
 
     /// Writes `data` at guest `offset` (within the disk).
@@ -189,7 +176,7 @@ impl Qcow2Image {
                 }
             }
         }
-        Ok(())
+        self.bound_pending(m)
     }
 
     /// Writes the clusters from `g` on that need new host clusters (up to
@@ -319,7 +306,7 @@ impl Qcow2Image {
             }
             g = run_end;
         }
-        Ok(())
+        self.bound_pending(m)
     }
 
     /// Compresses one cluster's worth of guest data (`data.len()` at most
