@@ -144,6 +144,8 @@ pub struct Qcow2Options {
     /// Open for `check -r`: an image marked corrupt may be opened for
     /// writing (a repair that leaves nothing to fix clears the mark).
     pub for_repair: bool,
+    /// Where backing files may be read from (the whole chain inherits it).
+    pub backing_policy: crate::backing::BackingPolicy,
 }
 
 impl Default for Qcow2Options {
@@ -156,6 +158,7 @@ impl Default for Qcow2Options {
             max_backing_depth: MAX_BACKING_DEPTH,
             no_sync: false,
             for_repair: false,
+            backing_policy: crate::backing::BackingPolicy::Anywhere,
         }
     }
 }
@@ -259,6 +262,8 @@ impl Qcow2Image {
                     .into());
                 }
                 let resolved = resolve_backing(path, name);
+                let resolved =
+                    crate::backing::check_backing(&options.backing_policy, path, name, &resolved)?;
                 let sub = crate::image::ImageOptions {
                     read_only: true,
                     format: match header.backing_format.as_deref() {
