@@ -2,6 +2,7 @@
 //! [`DiskFile`] trait: raw files and block devices, qcow2. The crate knows
 //! nothing of virtio or VMs, so tools and fuzz targets can use it alone.
 
+pub mod backing;
 pub mod image;
 pub mod qcow2;
 pub mod raw;
@@ -9,6 +10,7 @@ mod readonly;
 pub mod vhd;
 pub mod vmdk;
 
+pub use backing::{check_backing, BackingError, BackingPolicy};
 pub use image::{open_image, Format, ImageOptions};
 pub use qcow2::Qcow2Image;
 pub use raw::{OpenOptions, RawFile};

@@ -1,10 +1,10 @@
 //! Backing chain commands: `rebase` (safe or `-u`) and `commit`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use block::{DiskFile, Format};
 
-use crate::image::Image;
+use crate::image::{Ctx, Image};
 use crate::{parse_format, Failure};
 
 /// Bytes compared or copied per step.
@@ -35,6 +35,17 @@ pub struct RebaseArgs {
     file: PathBuf,
 }
 
+impl RebaseArgs {
+    /// The image, and where the new backing file points (relative to it).
+    pub fn images(&self) -> Vec<PathBuf> {
+        let mut v = vec![self.file.clone()];
+        if !self.backing.is_empty() {
+            v.push(block::qcow2::resolve_backing(&self.file, &self.backing));
+        }
+        v
+    }
+}
+
 /// Arguments of `commit`.
 #[derive(clap::Args)]
 pub struct CommitArgs {
@@ -52,6 +63,13 @@ pub struct CommitArgs {
     quiet: bool,
     /// The image.
     file: PathBuf,
+}
+
+impl CommitArgs {
+    /// The image.
+    pub fn image(&self) -> &Path {
+        &self.file
+    }
 }
 
 fn qcow2(image: &Image) -> Result<&block::Qcow2Image, Failure> {
@@ -77,26 +95,25 @@ fn read_padded(disk: &dyn DiskFile, buf: &mut [u8], at: u64) -> Result<(), Failu
 }
 
 /// Runs `rebase`.
-pub fn rebase(args: RebaseArgs) -> Result<u8, Failure> {
+pub fn rebase(ctx: &Ctx, args: RebaseArgs) -> Result<u8, Failure> {
     let new_name = (!args.backing.is_empty()).then_some(args.backing.as_str());
-    let new_format = match (new_name, args.backing_format) {
-        (None, _) => None,
-        (Some(_), Some(f)) => Some(f),
-        (Some(n), None) if !args.unsafe_mode => Some(block::image::probe(
-            &block::qcow2::resolve_backing(&args.file, n),
-        )?),
-        (Some(_), None) => None,
+    // The new backing file is read (probed, copied from) only in safe mode,
+    // and only once checked against the policy.
+    let new_path = match new_name {
+        Some(n) if !args.unsafe_mode => Some(ctx.backing_file(&args.file, n)?),
+        _ => None,
     };
-    let image = Image::open(&args.file, args.format, false, !args.unsafe_mode)?;
+    let new_format = match (new_name, args.backing_format, &new_path) {
+        (None, _, _) => None,
+        (Some(_), Some(f), _) => Some(f),
+        (Some(_), None, Some(p)) => Some(block::image::probe(p)?),
+        (Some(_), None, None) => None,
+    };
+    let image = ctx.open(&args.file, args.format, false, !args.unsafe_mode)?;
     let q = qcow2(&image)?;
     if !args.unsafe_mode {
-        let new_backing = match new_name {
-            Some(n) => Some(Image::open(
-                &block::qcow2::resolve_backing(&args.file, n),
-                new_format,
-                true,
-                true,
-            )?),
+        let new_backing = match &new_path {
+            Some(p) => Some(ctx.open(p, new_format, true, true)?),
             None => None,
         };
         let size = q.virtual_size();
@@ -136,16 +153,17 @@ pub fn rebase(args: RebaseArgs) -> Result<u8, Failure> {
 }
 
 /// Runs `commit`: copies the image's own clusters into its backing file.
-pub fn commit(args: CommitArgs) -> Result<u8, Failure> {
-    let image = Image::open(&args.file, args.format, false, false)?;
+pub fn commit(ctx: &Ctx, args: CommitArgs) -> Result<u8, Failure> {
+    let image = ctx.open(&args.file, args.format, false, false)?;
     let q = qcow2(&image)?;
     let h = q.header();
     let Some(name) = &h.backing_file else {
         return Err("the image has no backing file".into());
     };
-    let backing_path = block::qcow2::resolve_backing(&args.file, name);
+    // Written to, so checked against the policy first.
+    let backing_path = ctx.backing_file(&args.file, name)?;
     let format = h.backing_format.as_deref().map(parse_format).transpose()?;
-    let base = Image::open(&backing_path, format, false, true)?;
+    let base = ctx.open(&backing_path, format, false, true)?;
     let size = q.virtual_size().min(base.disk().size());
     let mut buf = vec![0u8; CHUNK as usize];
     let mut at = 0;

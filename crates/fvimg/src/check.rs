@@ -7,7 +7,7 @@ use block::qcow2::{CheckMode, CheckReport};
 use block::Format;
 use serde::Serialize;
 
-use crate::image::Image;
+use crate::image::{Ctx, Image};
 use crate::{Failure, Output};
 
 /// What `-r` repairs.
@@ -63,6 +63,7 @@ fn exit_code(r: &CheckReport) -> u8 {
 
 /// Runs `check`.
 pub fn run(
+    ctx: &Ctx,
     path: &Path,
     format: Option<Format>,
     repair: Option<Repair>,
@@ -70,8 +71,8 @@ pub fn run(
     quiet: bool,
 ) -> Result<u8, Failure> {
     let image = match repair {
-        None => Image::open(path, format, true, false)?,
-        Some(_) => Image::open_for_repair(path, format)?,
+        None => ctx.open(path, format, true, false)?,
+        Some(_) => ctx.open_for_repair(path, format)?,
     };
     let Image::Qcow2(q) = &image else {
         return Err(Failure {

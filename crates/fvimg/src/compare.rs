@@ -5,7 +5,7 @@ use std::path::Path;
 
 use block::Format;
 
-use crate::image::Image;
+use crate::image::{Ctx, Image};
 use crate::Failure;
 
 const CHUNK: u64 = 4 << 20;
@@ -62,6 +62,7 @@ fn nonzero_in(image: &Image, from: u64, to: u64, buf: &mut [u8]) -> Result<Optio
 /// Runs `compare`.
 #[allow(clippy::too_many_arguments)]
 pub fn run(
+    ctx: &Ctx,
     p1: &Path,
     f1: Option<Format>,
     p2: &Path,
@@ -70,8 +71,12 @@ pub fn run(
     _progress: bool,
     quiet: bool,
 ) -> Result<u8, Failure> {
-    let a = Image::open(p1, f1, true, true).map_err(|e| err2(format!("{}: {e}", p1.display())))?;
-    let b = Image::open(p2, f2, true, true).map_err(|e| err2(format!("{}: {e}", p2.display())))?;
+    let a = ctx
+        .open(p1, f1, true, true)
+        .map_err(|e| err2(format!("{}: {e}", p1.display())))?;
+    let b = ctx
+        .open(p2, f2, true, true)
+        .map_err(|e| err2(format!("{}: {e}", p2.display())))?;
     let (sa, sb) = (a.disk().size(), b.disk().size());
     let say = |s: String| {
         if !quiet {

@@ -3,14 +3,14 @@
 //! zero stretches (`-S`), compressing clusters on all cores (`-c`).
 
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Duration;
 
 use block::Format;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::image::{create, parse_options, CreateSpec, Image};
+use crate::image::{create, parse_options, CreateSpec, Ctx, Image};
 use crate::map::extents;
 use crate::size::parse_size;
 use crate::{parse_format, Failure};
@@ -55,6 +55,13 @@ pub struct Args {
     src: PathBuf,
     /// Destination image.
     dst: PathBuf,
+}
+
+impl Args {
+    /// The images named: source and destination.
+    pub fn images(&self) -> [&Path; 2] {
+        [&self.src, &self.dst]
+    }
 }
 
 /// A buffer whose bytes start on a page boundary: the kernel copies
@@ -179,8 +186,9 @@ fn write_piece(
 }
 
 /// Runs `convert`.
-pub fn run(args: Args) -> Result<u8, Failure> {
-    let src = Image::open(&args.src, args.format, true, true)
+pub fn run(ctx: &Ctx, args: Args) -> Result<u8, Failure> {
+    let src = ctx
+        .open(&args.src, args.format, true, true)
         .map_err(|e| format!("{}: {e}", args.src.display()))?;
     let size = src.disk().size();
     let mut spec = CreateSpec::default();
@@ -194,7 +202,7 @@ pub fn run(args: Args) -> Result<u8, Failure> {
     if sparse % 512 != 0 {
         return Err("-S must be a multiple of 512".into());
     }
-    let dst = create(&args.dst, args.out_format, &spec)
+    let dst = create(ctx, &args.dst, args.out_format, &spec)
         .map_err(|e| format!("{}: {e}", args.dst.display()))?;
     let (cs, granularity) = match &dst {
         Image::Qcow2(q) => {

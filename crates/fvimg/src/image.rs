@@ -3,10 +3,10 @@
 //! commands that need their metadata.
 
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use block::qcow2::{CompressionType, CreateOptions, Preallocation, Qcow2Image, Qcow2Options};
-use block::{DiskFile, Format, ImageOptions, OpenOptions, RawFile};
+use block::{BackingPolicy, DiskFile, Format, ImageOptions, OpenOptions, RawFile};
 
 use crate::size::parse_size;
 
@@ -20,28 +20,57 @@ pub enum Image {
     ReadOnly(Format, Box<dyn DiskFile>),
 }
 
-impl Image {
-    /// Opens `path` as `format` (probed when `None`).
+/// What the commands open images with: where backing files may be read
+/// from, for every image a command opens and its whole backing chain.
+pub struct Ctx {
+    /// The backing policy.
+    pub backing: BackingPolicy,
+}
+
+impl Ctx {
+    /// Opens `path` as `format` (probed when `None`), with its backing
+    /// chain when `backing`.
     pub fn open(
+        &self,
         path: &Path,
         format: Option<Format>,
         read_only: bool,
         backing: bool,
     ) -> io::Result<Image> {
-        Self::open_with(path, format, read_only, backing, false)
+        Image::open_with(path, format, read_only, backing, false, &self.backing)
     }
 
     /// Opens `path` for `check -r` (an image marked corrupt may be written).
-    pub fn open_for_repair(path: &Path, format: Option<Format>) -> io::Result<Image> {
-        Self::open_with(path, format, false, false, true)
+    pub fn open_for_repair(&self, path: &Path, format: Option<Format>) -> io::Result<Image> {
+        Image::open_with(path, format, false, false, true, &self.backing)
     }
 
+    /// Where backing file `name` of `image` lies, checked against the
+    /// policy (and for its file type): the path to open.
+    pub fn backing_file(&self, image: &Path, name: &str) -> io::Result<PathBuf> {
+        let resolved = block::qcow2::resolve_backing(image, name);
+        Ok(block::check_backing(&self.backing, image, name, &resolved)?)
+    }
+}
+
+/// The canonical directory `path` lies in (`None` when it does not exist).
+pub fn directory_of(path: &Path) -> Option<PathBuf> {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+    .canonicalize()
+    .ok()
+}
+
+impl Image {
     fn open_with(
         path: &Path,
         format: Option<Format>,
         read_only: bool,
         backing: bool,
         for_repair: bool,
+        policy: &BackingPolicy,
     ) -> io::Result<Image> {
         let format = match format {
             Some(f) => f,
@@ -68,6 +97,7 @@ impl Image {
                     open_backing: backing,
                     l2_cache_tables: 1024,
                     for_repair,
+                    backing_policy: policy.clone(),
                     ..Default::default()
                 },
             )?))),
@@ -78,6 +108,10 @@ impl Image {
                     &ImageOptions {
                         read_only: true,
                         format: Some(other),
+                        qcow2: Qcow2Options {
+                            backing_policy: policy.clone(),
+                            ..Default::default()
+                        },
                         ..Default::default()
                     },
                 )?,
@@ -203,7 +237,7 @@ pub fn parse_options(list: &[String], spec: &mut CreateSpec) -> Result<(), Strin
 }
 
 /// Creates an image of `format` per `spec`.
-pub fn create(path: &Path, format: Format, spec: &CreateSpec) -> io::Result<Image> {
+pub fn create(ctx: &Ctx, path: &Path, format: Format, spec: &CreateSpec) -> io::Result<Image> {
     match format {
         Format::Qcow2 => Ok(Image::Qcow2(Box::new(Qcow2Image::create(
             path,
@@ -249,7 +283,7 @@ pub fn create(path: &Path, format: Format, spec: &CreateSpec) -> io::Result<Imag
                 }
             }
             drop(file);
-            Image::open(path, Some(Format::Raw), false, false)
+            ctx.open(path, Some(Format::Raw), false, false)
         }
         other => Err(io::Error::new(
             io::ErrorKind::Unsupported,

@@ -6,7 +6,7 @@ use block::qcow2::{snapshot::SnapshotInfo, Qcow2Image};
 use block::Format;
 use serde::Serialize;
 
-use crate::image::Image;
+use crate::image::{Ctx, Image};
 use crate::size::human;
 use crate::{Failure, Output};
 
@@ -90,14 +90,21 @@ fn snapshot_json(s: &SnapshotInfo) -> Snapshot {
     }
 }
 
-/// Where a backing file is, and its format if recorded.
-type BackingRef = (PathBuf, Option<Format>);
+/// A backing file: its name as written, where it points (as shown), and
+/// its format if recorded.
+type BackingRef = (String, PathBuf, Option<Format>);
 
-/// Info of one image, and where its backing file is (path, format).
-fn gather(path: &Path, format: Option<Format>) -> Result<(Info, Option<BackingRef>), Failure> {
-    let image = Image::open(path, format, true, false)?;
+/// Info of one image, opened at `open` and shown as `path`, and its backing
+/// file if any.
+fn gather(
+    ctx: &Ctx,
+    path: &Path,
+    open: &Path,
+    format: Option<Format>,
+) -> Result<(Info, Option<BackingRef>), Failure> {
+    let image = ctx.open(open, format, true, false)?;
     let actual =
-        std::fs::metadata(path).map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512)?;
+        std::fs::metadata(open).map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512)?;
     let mut info = Info {
         backing_filename_format: None,
         virtual_size: image.disk().size(),
@@ -139,7 +146,7 @@ fn gather(path: &Path, format: Option<Format>) -> Result<(Info, Option<BackingRe
                 .as_deref()
                 .map(str::parse::<Format>)
                 .transpose()?;
-            backing = Some((full, fmt));
+            backing = Some((name.clone(), full, fmt));
         }
     }
     Ok((info, backing))
@@ -209,22 +216,26 @@ fn print_human(i: &Info) {
 
 /// Runs `info`.
 pub fn run(
+    ctx: &Ctx,
     path: &Path,
     format: Option<Format>,
     output: Output,
     chain: bool,
 ) -> Result<u8, Failure> {
     let mut infos = Vec::new();
-    let mut next = Some((path.to_path_buf(), format));
-    while let Some((p, f)) = next.take() {
+    let (info, backing) = gather(ctx, path, path, format)?;
+    infos.push(info);
+    let mut shown = path.to_path_buf();
+    let mut backing = if chain { backing } else { None };
+    while let Some((name, full, f)) = backing.take() {
         if infos.len() as u32 > block::qcow2::MAX_BACKING_DEPTH {
             return Err("backing chain too deep".into());
         }
-        let (info, backing) = gather(&p, f)?;
+        // Checked against the policy before it is opened.
+        let open = ctx.backing_file(&shown, &name)?;
+        let (info, next) = gather(ctx, &full, &open, f)?;
         infos.push(info);
-        if chain {
-            next = backing;
-        }
+        (shown, backing) = (full, next);
     }
     match output {
         Output::Json if chain => println!("{}", serde_json::to_string_pretty(&infos)?),

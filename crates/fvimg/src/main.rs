@@ -12,13 +12,13 @@ mod map;
 mod size;
 mod snapshot;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use block::Format;
+use block::{BackingPolicy, Format};
 use clap::{Parser, Subcommand, ValueEnum};
 
-use image::{parse_options, CreateSpec, Image};
+use image::{directory_of, parse_options, CreateSpec, Ctx, Image};
 use size::parse_size;
 
 /// Output formats of info, check and map.
@@ -37,6 +37,13 @@ pub enum Output {
     about = "Disk image tool (qemu-img's command line)"
 )]
 struct Cli {
+    /// Also read backing files from DIR (repeatable). Backing files are
+    /// read only from the directories of the images named on the command
+    /// line and from these; `--backing-dir /` follows backing files
+    /// anywhere, as qemu-img does (backing files that are neither regular
+    /// files nor block devices are refused even then).
+    #[arg(long = "backing-dir", value_name = "DIR", global = true)]
+    backing_dirs: Vec<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -174,9 +181,63 @@ impl<E: std::fmt::Display> From<E> for Failure {
     }
 }
 
+/// The image files a command names (for `create` and `rebase`, the backing
+/// file given too, resolved relative to the image).
+fn named_images(command: &Command) -> Vec<PathBuf> {
+    match command {
+        Command::Create {
+            file,
+            backing,
+            options,
+            ..
+        } => {
+            // `-o backing_file=` names one as well (bad options are reported by `run`).
+            let mut spec = CreateSpec::default();
+            let _ = parse_options(options, &mut spec);
+            let mut v = vec![file.clone()];
+            if let Some(b) = backing.as_ref().or(spec.qcow2.backing_file.as_ref()) {
+                v.push(block::qcow2::resolve_backing(file, b));
+            }
+            v
+        }
+        Command::Info { file, .. }
+        | Command::Check { file, .. }
+        | Command::Map { file, .. }
+        | Command::Resize { file, .. } => vec![file.clone()],
+        Command::Convert(args) => args.images().map(Path::to_path_buf).to_vec(),
+        Command::Compare { file1, file2, .. } => vec![file1.clone(), file2.clone()],
+        Command::Snapshot(args) => vec![args.file.clone()],
+        Command::Rebase(args) => args.images(),
+        Command::Commit(args) => vec![args.image().to_path_buf()],
+    }
+}
+
+/// The context commands open images with: backing files may be read from
+/// the directories of the images named and from every `--backing-dir`.
+fn context(cli: &Cli) -> Result<Ctx, Failure> {
+    let mut roots: Vec<PathBuf> = named_images(&cli.command)
+        .iter()
+        .filter_map(|p| directory_of(p))
+        .collect();
+    for dir in &cli.backing_dirs {
+        let real = dir
+            .canonicalize()
+            .map_err(|e| format!("--backing-dir {}: {e}", dir.display()))?;
+        if !real.is_dir() {
+            return Err(format!("--backing-dir {}: not a directory", dir.display()).into());
+        }
+        roots.push(real);
+    }
+    roots.sort();
+    roots.dedup();
+    Ok(Ctx {
+        backing: BackingPolicy::Within(roots),
+    })
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli.command) {
+    match context(&cli).and_then(|ctx| run(&ctx, cli.command)) {
         Ok(code) => ExitCode::from(code),
         Err(f) => {
             eprintln!("fvimg: {}", f.message);
@@ -185,7 +246,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(command: Command) -> Result<u8, Failure> {
+fn run(ctx: &Ctx, command: Command) -> Result<u8, Failure> {
     match command {
         Command::Create {
             format,
@@ -210,19 +271,19 @@ fn run(command: Command) -> Result<u8, Failure> {
                     let Some(name) = &spec.qcow2.backing_file else {
                         return Err("a size is needed without a backing file".into());
                     };
-                    let path = block::qcow2::resolve_backing(&file, name);
+                    let path = ctx.backing_file(&file, name)?;
                     let fmt = spec
                         .qcow2
                         .backing_format
                         .as_deref()
                         .map(parse_format)
                         .transpose()?;
-                    spec.qcow2.size = Image::open(&path, fmt, true, true)?.disk().size();
+                    spec.qcow2.size = ctx.open(&path, fmt, true, true)?.disk().size();
                 }
             }
             if let (Some(name), None) = (&spec.qcow2.backing_file, &spec.qcow2.backing_format) {
                 // Record the probed format so nothing probes it again later.
-                let path = block::qcow2::resolve_backing(&file, name);
+                let path = ctx.backing_file(&file, name)?;
                 spec.qcow2.backing_format = Some(block::image::probe(&path)?.name().to_string());
             }
             if format != Format::Qcow2 && spec.qcow2.backing_file.is_some() {
@@ -235,7 +296,7 @@ fn run(command: Command) -> Result<u8, Failure> {
                     spec.qcow2.size
                 );
             }
-            image::create(&file, format, &spec)?;
+            image::create(ctx, &file, format, &spec)?;
             Ok(0)
         }
         Command::Info {
@@ -243,15 +304,15 @@ fn run(command: Command) -> Result<u8, Failure> {
             output,
             backing_chain,
             file,
-        } => info::run(&file, format, output, backing_chain),
+        } => info::run(ctx, &file, format, output, backing_chain),
         Command::Check {
             format,
             repair,
             output,
             quiet,
             file,
-        } => check::run(&file, format, repair, output, quiet),
-        Command::Convert(args) => convert::run(args),
+        } => check::run(ctx, &file, format, repair, output, quiet),
+        Command::Convert(args) => convert::run(ctx, args),
         Command::Compare {
             format1,
             format2,
@@ -260,19 +321,21 @@ fn run(command: Command) -> Result<u8, Failure> {
             quiet,
             file1,
             file2,
-        } => compare::run(&file1, format1, &file2, format2, strict, progress, quiet),
+        } => compare::run(
+            ctx, &file1, format1, &file2, format2, strict, progress, quiet,
+        ),
         Command::Map {
             format,
             output,
             file,
-        } => map::run(&file, format, output),
+        } => map::run(ctx, &file, format, output),
         Command::Resize {
             format,
             quiet,
             file,
             size,
         } => {
-            let image = Image::open(&file, format, false, false)?;
+            let image = ctx.open(&file, format, false, false)?;
             let old = image.disk().size();
             let new = if let Some(d) = size.strip_prefix('+') {
                 old.checked_add(parse_size(d)?).ok_or("size overflows")?
@@ -301,8 +364,8 @@ fn run(command: Command) -> Result<u8, Failure> {
             }
             Ok(0)
         }
-        Command::Snapshot(args) => snapshot::run(args),
-        Command::Rebase(args) => chain::rebase(args),
-        Command::Commit(args) => chain::commit(args),
+        Command::Snapshot(args) => snapshot::run(ctx, args),
+        Command::Rebase(args) => chain::rebase(ctx, args),
+        Command::Commit(args) => chain::commit(ctx, args),
     }
 }

@@ -5,29 +5,31 @@ use std::path::{Path, PathBuf};
 
 use block::{Extent, Format};
 
-use crate::image::Image;
+use crate::image::{Ctx, Image};
 use crate::{Failure, Output};
 
 /// The images of the chain from `path` down, for naming where data lies.
-fn chain_names(path: &Path, image: &Image) -> Vec<PathBuf> {
+/// Each backing file is checked against the policy before it is looked at.
+fn chain_names(ctx: &Ctx, path: &Path, image: &Image) -> Vec<PathBuf> {
     let mut names = vec![path.to_path_buf()];
+    let next = |p: &Path, q: &block::Qcow2Image| {
+        q.header().backing_file.map(|b| {
+            let shown = block::qcow2::resolve_backing(p, &b);
+            (shown, ctx.backing_file(p, &b))
+        })
+    };
     let mut cur = match image {
-        Image::Qcow2(q) => q
-            .header()
-            .backing_file
-            .map(|b| block::qcow2::resolve_backing(path, &b)),
+        Image::Qcow2(q) => next(path, q),
         Image::Raw(..) | Image::ReadOnly(..) => None,
     };
-    while let Some(p) = cur.take() {
+    while let Some((shown, checked)) = cur.take() {
         if names.len() > block::qcow2::MAX_BACKING_DEPTH as usize {
             break;
         }
-        names.push(p.clone());
-        if let Ok(Image::Qcow2(q)) = Image::open(&p, None, true, false) {
-            cur = q
-                .header()
-                .backing_file
-                .map(|b| block::qcow2::resolve_backing(&p, &b));
+        names.push(shown.clone());
+        let Ok(real) = checked else { break };
+        if let Ok(Image::Qcow2(q)) = ctx.open(&real, None, true, false) {
+            cur = next(&shown, &q);
         }
     }
     names
@@ -74,8 +76,8 @@ fn hex(v: u64) -> String {
 }
 
 /// Runs `map`.
-pub fn run(path: &Path, format: Option<Format>, output: Output) -> Result<u8, Failure> {
-    let image = Image::open(path, format, true, true)?;
+pub fn run(ctx: &Ctx, path: &Path, format: Option<Format>, output: Output) -> Result<u8, Failure> {
+    let image = ctx.open(path, format, true, true)?;
     let map = extents(&image)?;
     match output {
         Output::Json => {
@@ -96,7 +98,7 @@ pub fn run(path: &Path, format: Option<Format>, output: Output) -> Result<u8, Fa
             println!("[{}]", lines.join(",\n"));
         }
         Output::Human => {
-            let names = chain_names(path, &image);
+            let names = chain_names(ctx, path, &image);
             println!("{:<16}{:<16}{:<16}File", "Offset", "Length", "Mapped to");
             for e in map.iter().filter(|e| e.data) {
                 if let Some(o) = e.host_offset {

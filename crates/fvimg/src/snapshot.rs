@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use crate::image::Image;
+use crate::image::{Ctx, Image};
 use crate::size::human;
 use crate::Failure;
 
@@ -25,13 +25,13 @@ pub struct Args {
     #[arg(short = 'q')]
     quiet: bool,
     /// The image.
-    file: PathBuf,
+    pub file: PathBuf,
 }
 
 /// Runs `snapshot`.
-pub fn run(args: Args) -> Result<u8, Failure> {
+pub fn run(ctx: &Ctx, args: Args) -> Result<u8, Failure> {
     let read_only = args.list;
-    let image = Image::open(&args.file, Some(block::Format::Qcow2), read_only, false)?;
+    let image = ctx.open(&args.file, Some(block::Format::Qcow2), read_only, false)?;
     let Image::Qcow2(q) = &image else {
         return Err("snapshots need a qcow2 image".into());
     };

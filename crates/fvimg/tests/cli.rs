@@ -603,3 +603,328 @@ fn check_agrees_with_qemu_img_on_bad_offsets_and_overlaps() {
         assert_ne!(ours, 0, "{what}: the damage is found");
     }
 }
+
+/// Bytes no image in these tests holds by chance.
+const SECRET: &[u8] = b"TOP-SECRET-host-file ";
+
+/// A host file an image must not make fvimg read: `dir/secret`.
+fn secret_file(dir: &Path) -> String {
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join("secret");
+    std::fs::write(
+        &path,
+        &SECRET.repeat((1 << 20) / SECRET.len() + 1)[..1 << 20],
+    )
+    .unwrap();
+    path.canonicalize().unwrap().to_str().unwrap().to_string()
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Every reading command refuses `evil` (whose backing file leads to
+/// `secret`), naming the secret's path and `--backing-dir`.
+fn assert_refused(s: &Scratch, evil: &str, secret: &str) {
+    let out = s.p("images/out.raw");
+    let _ = std::fs::remove_file(&out);
+    let expect = |what: &str, (code, stdout, err): (i32, String, String), want: i32| {
+        assert_eq!(code, want, "{what}: {stdout}{err}");
+        assert!(
+            err.contains(secret) && err.contains("--backing-dir"),
+            "{what}: {err}"
+        );
+        assert!(!contains(stdout.as_bytes(), SECRET), "{what}: {stdout}");
+    };
+    expect("convert", fvimg(&["convert", "-O", "raw", evil, &out]), 1);
+    if let Ok(bytes) = std::fs::read(&out) {
+        assert!(!contains(&bytes, SECRET), "convert copied the secret");
+    }
+    assert!(!Path::new(&out).exists(), "convert left {out}");
+    // compare reports errors as 2 (1 means "different"), as qemu-img does.
+    expect("compare", fvimg(&["compare", evil, evil]), 2);
+    expect("map", fvimg(&["map", evil]), 1);
+    expect("map json", fvimg(&["map", "--output", "json", evil]), 1);
+    expect(
+        "info --backing-chain",
+        fvimg(&["info", "--backing-chain", evil]),
+        1,
+    );
+    // commit would write into the backing file.
+    let before = std::fs::read(secret).unwrap();
+    expect("commit", fvimg(&["commit", evil]), 1);
+    assert_eq!(std::fs::read(secret).unwrap(), before, "commit wrote");
+    // Plain info only reports the name; it reads nothing behind it.
+    ok("fvimg", &["info", evil]);
+}
+
+#[test]
+fn backing_files_outside_the_image_directory_are_refused() {
+    let s = Scratch::new("confine");
+    let secret = secret_file(&s.0.join("other"));
+    std::fs::create_dir_all(s.0.join("images")).unwrap();
+    // An absolute name.
+    let evil = s.p("images/evil.qcow2");
+    ok(
+        "qemu-img",
+        &[
+            "create", "-q", "-f", "qcow2", "-b", &secret, "-F", "raw", &evil,
+        ],
+    );
+    assert_refused(&s, &evil, &secret);
+    // A relative name climbing out.
+    let evil = s.p("images/evil-rel.qcow2");
+    ok(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "../other/secret",
+            "-F",
+            "raw",
+            &evil,
+        ],
+    );
+    assert_refused(&s, &evil, &secret);
+    // A symlink in the image's directory, pointing out of it.
+    std::os::unix::fs::symlink(&secret, s.0.join("images/link.raw")).unwrap();
+    let evil = s.p("images/evil-link.qcow2");
+    ok(
+        "qemu-img",
+        &[
+            "create", "-q", "-f", "qcow2", "-b", "link.raw", "-F", "raw", &evil,
+        ],
+    );
+    assert_refused(&s, &evil, &secret);
+    // Relative image paths: the directory is the working directory's.
+    let out = Command::new(env!("CARGO_BIN_EXE_fvimg"))
+        .args(["convert", "-O", "raw", "evil-rel.qcow2", "rel.raw"])
+        .current_dir(s.0.join("images"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(!s.0.join("images/rel.raw").exists());
+    // Allowed explicitly, it is read.
+    let out = s.p("images/allowed.raw");
+    ok(
+        "fvimg",
+        &[
+            "--backing-dir",
+            &s.p("other"),
+            "convert",
+            "-O",
+            "raw",
+            &s.p("images/evil-rel.qcow2"),
+            &out,
+        ],
+    );
+    assert_eq!(
+        std::fs::read(&out).unwrap(),
+        std::fs::read(&secret).unwrap()
+    );
+}
+
+#[test]
+fn backing_chains_in_allowed_directories_work() {
+    let s = Scratch::new("allowed");
+    let images = s.0.join("images");
+    let bases = s.0.join("bases");
+    std::fs::create_dir_all(&images).unwrap();
+    std::fs::create_dir_all(&bases).unwrap();
+    // One directory: base.raw <- mid.qcow2 <- top.qcow2.
+    let base = s.p("images/base.raw");
+    pattern(&base, 3 << 20, 23);
+    let mid = s.p("images/mid.qcow2");
+    let top = s.p("images/top.qcow2");
+    ok(
+        "qemu-img",
+        &[
+            "create", "-q", "-f", "qcow2", "-b", "base.raw", "-F", "raw", &mid,
+        ],
+    );
+    ok("qemu-io", &["-c", "write -P 0x41 1M 300k", &mid]);
+    ok(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "mid.qcow2",
+            "-F",
+            "qcow2",
+            &top,
+        ],
+    );
+    ok("qemu-io", &["-c", "write -P 0x42 2M 64k", &top]);
+    // Outputs beside the images: a destination's directory is allowed too.
+    let theirs = s.p("images/theirs.raw");
+    let ours = s.p("images/ours.raw");
+    ok("qemu-img", &["convert", "-O", "raw", &top, &theirs]);
+    ok("fvimg", &["convert", "-O", "raw", &top, &ours]);
+    assert_eq!(
+        std::fs::read(&ours).unwrap(),
+        std::fs::read(&theirs).unwrap()
+    );
+    ok("fvimg", &["info", "--backing-chain", &top]);
+    ok("fvimg", &["map", &top]);
+    // The base in a sibling directory: refused until allowed.
+    let sbase = s.p("bases/base.qcow2");
+    ok("qemu-img", &["convert", "-O", "qcow2", &base, &sbase]);
+    let stop = s.p("images/stop.qcow2");
+    ok(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "../bases/base.qcow2",
+            "-F",
+            "qcow2",
+            &stop,
+        ],
+    );
+    ok("qemu-io", &["-c", "write -P 0x43 512k 4k", &stop]);
+    let theirs = s.p("images/stheirs.raw");
+    ok("qemu-img", &["convert", "-O", "raw", &stop, &theirs]);
+    let (code, _, err) = fvimg(&["convert", "-O", "raw", &stop, &ours]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("--backing-dir"), "{err}");
+    let bases_dir = s.p("bases");
+    for args in [
+        // The flag before the subcommand, after it, and `/` for anywhere.
+        vec![
+            "--backing-dir",
+            &bases_dir,
+            "convert",
+            "-O",
+            "raw",
+            &stop,
+            &ours,
+        ],
+        vec![
+            "convert",
+            "-O",
+            "raw",
+            "--backing-dir",
+            &bases_dir,
+            &stop,
+            &ours,
+        ],
+        vec!["convert", "-O", "raw", &stop, &ours, "--backing-dir", "/"],
+    ] {
+        let _ = std::fs::remove_file(&ours);
+        ok("fvimg", &args);
+        assert_eq!(
+            std::fs::read(&ours).unwrap(),
+            std::fs::read(&theirs).unwrap(),
+            "{args:?}"
+        );
+    }
+    let (code, out, err) = fvimg(&["--backing-dir", &bases_dir, "compare", &stop, &theirs]);
+    assert_eq!((code, out.trim()), (0, "Images are identical."), "{err}");
+    ok("fvimg", &["--backing-dir", &bases_dir, "map", &stop]);
+    let chain = json(&ok(
+        "fvimg",
+        &[
+            "--backing-dir",
+            "/",
+            "info",
+            "--output",
+            "json",
+            "--backing-chain",
+            &stop,
+        ],
+    ));
+    assert_eq!(chain.as_array().map(|a| a.len()), Some(2));
+    // create and rebase: the backing file given is allowed.
+    let fresh = s.p("images/fresh.qcow2");
+    ok(
+        "fvimg",
+        &["create", "-q", "-f", "qcow2", "-b", &sbase, &fresh],
+    );
+    ok(
+        "fvimg",
+        &["rebase", "-b", "../bases/base.qcow2", "-F", "qcow2", &top],
+    );
+    // Afterwards the new base needs allowing, as any other.
+    assert_eq!(fvimg(&["convert", "-O", "raw", &top, &ours]).0, 1);
+    ok(
+        "fvimg",
+        &[
+            "convert",
+            "--backing-dir",
+            &bases_dir,
+            "-O",
+            "raw",
+            &top,
+            &ours,
+        ],
+    );
+    // A missing --backing-dir is an error, not silently ignored.
+    let (code, _, err) = fvimg(&["--backing-dir", &s.p("nope"), "info", &top]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("--backing-dir"), "{err}");
+}
+
+#[test]
+fn device_backing_files_are_refused_even_with_backing_dir_root() {
+    let s = Scratch::new("device");
+    let zero = s.p("zero.qcow2");
+    ok(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-u",
+            "-b",
+            "/dev/zero",
+            "-F",
+            "raw",
+            &zero,
+            "1M",
+        ],
+    );
+    for args in [
+        vec![
+            "--backing-dir",
+            "/",
+            "convert",
+            "-O",
+            "raw",
+            &zero,
+            &s.p("o.raw"),
+        ],
+        vec!["--backing-dir", "/", "map", &zero],
+        vec!["--backing-dir", "/", "info", "--backing-chain", &zero],
+    ] {
+        let (code, _, err) = fvimg(&args);
+        assert_eq!(code, 1, "{args:?}: {err}");
+        assert!(
+            err.contains("/dev/zero") && err.contains("character device"),
+            "{args:?}: {err}"
+        );
+    }
+    // Nor can create take a device as backing file.
+    let (code, _, err) = fvimg(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        "/dev/zero",
+        "-F",
+        "raw",
+        &s.p("z2.qcow2"),
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("character device"), "{err}");
+}

@@ -147,6 +147,8 @@ pub struct Qcow2Options {
     pub for_repair: bool,
     /// Record every change made to the file (crash-consistency tests).
     pub journal: Option<Arc<Journal>>,
+    /// Where backing files may be read from (the whole chain inherits it).
+    pub backing_policy: crate::backing::BackingPolicy,
 }
 
 impl Default for Qcow2Options {
@@ -160,6 +162,7 @@ impl Default for Qcow2Options {
             no_sync: false,
             for_repair: false,
             journal: None,
+            backing_policy: crate::backing::BackingPolicy::Anywhere,
         }
     }
 }
@@ -274,6 +277,8 @@ impl Qcow2Image {
                     .into());
                 }
                 let resolved = resolve_backing(path, name);
+                let resolved =
+                    crate::backing::check_backing(&options.backing_policy, path, name, &resolved)?;
                 let sub = crate::image::ImageOptions {
                     read_only: true,
                     format: match header.backing_format.as_deref() {
