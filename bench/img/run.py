@@ -14,7 +14,13 @@ the fastest run; on this shared host the first writer of a pair is often
 slower whichever tool it is, so --runs should be even):
   raw-to-qcow2, qcow2-to-raw, raw-to-qcow2-compressed (zlib, -c)
   and, through crates/block/examples/randread.rs, randread-4k-qcow2 and
-  randread-4k-raw (--reads reads at the same offsets).
+  randread-4k-raw (--reads reads at the same offsets);
+  alloc-write-4k-flush-64, -flush-1 and -flush-1-lazy-refcounts: 4 KiB
+  writes each allocating a fresh cluster of an empty qcow2 image, a flush
+  every 64 writes (or every write; or every write with lazy_refcounts=on), through crates/block/examples/allocwrite.rs beside
+  `qemu-img bench -w -t writeback -d 1` with the same pattern; each output
+  passes qemu-img check and compare. This is the cost of crash-safe
+  metadata ordering (refcounts, sync, L2 tables, sync) against QEMU's.
 
 Each convert row is first run once per tool untimed (--no-warmup skips
 that); before every timed run os.sync() settles the previous run's
@@ -51,6 +57,12 @@ CONVERT_ROWS = {
     "vmdk-stream-to-qcow2": ("src.vmdk", ["-O", "qcow2"]),
 }
 READ_ROWS = {"randread-4k-qcow2": ("src.qcow2", "qcow2"), "randread-4k-raw": ("src.raw", "raw")}
+# name -> (writes, bytes per write, step between offsets, writes per flush,
+# qemu-img create -o options): every write allocates a fresh 64 KiB cluster
+# of an empty qcow2 image.
+WRITE_ROWS = {"alloc-write-4k-flush-64": (8192, 4096, 65536, 64, "lazy_refcounts=off"),
+              "alloc-write-4k-flush-1": (2048, 4096, 65536, 1, "lazy_refcounts=off"),
+              "alloc-write-4k-flush-1-lazy-refcounts": (2048, 4096, 65536, 1, "lazy_refcounts=on")}
 TOOLS = ["fvimg", "qemu-img"]
 
 
@@ -127,6 +139,49 @@ def randread(args, d, row):
     return result
 
 
+def alloc_write(tool, args, d, row):
+    """Allocating writes into a fresh qcow2 image made by qemu-img: the
+    block crate (examples/allocwrite.rs) or `qemu-img bench -w`, one request
+    at a time, cache=writeback, the same pattern and flush interval."""
+    count, size, step, interval, opts = WRITE_ROWS[row]
+    img = os.path.join(d, "alloc.qcow2")
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-o", opts, img, str(count * step)],
+                   check=True)
+    if tool == "fvimg":
+        cmd = [args.allocwrite, img, "qcow2", str(count), str(size), str(step), str(interval)]
+    else:
+        cmd = [args.qemu_img, "bench", "-q", "-w", "-f", "qcow2", "-t", "writeback", "-d", "1",
+               "--pattern=165", "-c", str(count), "-s", str(size), "-S", str(step),
+               f"--flush-interval={interval}", img]
+    os.sync()
+    run = run_process(cmd, args.timeout)
+    result = {"row": row, "tool": tool, "ok": False, "s": None, "cpu_s": run.cpu_s, "iops": None,
+              "error": None}
+    if run.error or run.timed_out or run.status != 0:
+        result["error"] = run.error or f"exit status {run.status}: " + \
+            bytes(run.err.data)[-300:].decode("utf-8", "replace")
+    else:
+        result["s"] = run.wall_ms / 1000
+        result["iops"] = count / result["s"]
+        result["ok"] = True
+        # Outside the timing: the image is consistent and holds the pattern.
+        chk = subprocess.run(["qemu-img", "check", img], capture_output=True)
+        ref = os.path.join(d, "alloc-ref.raw")
+        with open(ref, "wb") as f:
+            f.truncate(count * step)
+            for i in range(count):
+                f.seek(i * step)
+                f.write(b"\xa5" * size)
+        cmp = subprocess.run(["qemu-img", "compare", "-f", "raw", "-F", "qcow2", ref, img],
+                             capture_output=True)
+        os.remove(ref)
+        if chk.returncode != 0 or cmp.returncode != 0:
+            result["ok"] = False
+            result["error"] = "image check or content failed: " + (chk.stdout + cmp.stdout).decode()
+    os.remove(img)
+    return result
+
+
 def warm_up(args, d, rows):
     """One untimed run of every convert row with each tool: the first
     writer after the inputs were made pays for page cache and writeback
@@ -144,21 +199,22 @@ def main():
                     help="an even number lets each tool go first equally often")
     ap.add_argument("--size", type=int, default=4 << 30, help="bytes of the raw input")
     ap.add_argument("--reads", type=int, default=200000, help="reads per randread run")
-    ap.add_argument("--rows", default=",".join(list(CONVERT_ROWS) + list(READ_ROWS)))
+    ap.add_argument("--rows", default=",".join(list(CONVERT_ROWS) + list(READ_ROWS) + list(WRITE_ROWS)))
     ap.add_argument("--dir", default="/var/tmp")
     ap.add_argument("--timeout", type=float, default=600)
     ap.add_argument("--fvimg", default=os.path.join(REPO, "target/release/fvimg"))
     ap.add_argument("--randread", default=os.path.join(REPO, "target/release/examples/randread"))
+    ap.add_argument("--allocwrite", default=os.path.join(REPO, "target/release/examples/allocwrite"))
     ap.add_argument("--qemu-img", default="qemu-img")
     ap.add_argument("--json", help="write every run here")
     ap.add_argument("--no-build", action="store_true")
     ap.add_argument("--no-warmup", dest="warmup", action="store_false")
     args = ap.parse_args()
-    rows = parse_list(ap, args.rows, list(CONVERT_ROWS) + list(READ_ROWS), "row")
+    rows = parse_list(ap, args.rows, list(CONVERT_ROWS) + list(READ_ROWS) + list(WRITE_ROWS), "row")
     if not args.no_build:
         subprocess.run(["cargo", "build", "-j", "1", "--release", "-p", "fvimg"], cwd=REPO, check=True)
-        subprocess.run(["cargo", "build", "-j", "1", "--release", "-p", "block", "--example", "randread"],
-                       cwd=REPO, check=True)
+        subprocess.run(["cargo", "build", "-j", "1", "--release", "-p", "block", "--example", "randread",
+                        "--example", "allocwrite"], cwd=REPO, check=True)
     d = os.path.join(args.dir, f"fv-bench-img-{os.getpid()}")
     os.makedirs(d)
     results = []
@@ -176,6 +232,13 @@ def main():
                         results.append(r)
                         print(f"run {i + 1} {row} {tool}: {fmt(r['s'], 2)} s "
                               f"(CPU {fmt(r['cpu_s'], 2)} s) {r['error'] or ''}", file=sys.stderr)
+                elif row in WRITE_ROWS:
+                    order = TOOLS if i % 2 == 0 else TOOLS[::-1]
+                    for tool in order:
+                        r = alloc_write(tool, args, d, row)
+                        results.append(r)
+                        print(f"run {i + 1} {row} {tool}: {fmt(r['iops'], 0)} IOPS "
+                              f"(CPU {fmt(r['cpu_s'], 2)} s) {r['error'] or ''}", file=sys.stderr)
                 else:
                     r = randread(args, d, row)
                     results.append(r)
@@ -187,9 +250,10 @@ def main():
         os.rmdir(d)
     print(f"\nhost: {platform.node()} {os.cpu_count()} CPUs; input {args.size / MIB:.0f} MiB, "
           f"{args.runs} runs, medians\n")
-    print("| row | fvimg s | qemu-img s | fvimg MiB/s | qemu-img MiB/s | qemu-img / fvimg time "
-          "| fastest: fvimg s | fastest: qemu-img s | fvimg CPU s | qemu-img CPU s |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    if any(r in CONVERT_ROWS for r in rows):
+        print("| row | fvimg s | qemu-img s | fvimg MiB/s | qemu-img MiB/s | qemu-img / fvimg time "
+              "| fastest: fvimg s | fastest: qemu-img s | fvimg CPU s | qemu-img CPU s |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
     for row in [r for r in rows if r in CONVERT_ROWS]:
         f = [r for r in results if r["row"] == row and r["tool"] == "fvimg" and r["ok"]]
         q = [r for r in results if r["row"] == row and r["tool"] == "qemu-img" and r["ok"]]
@@ -210,6 +274,17 @@ def main():
             print(f"| {row} | {fmt(iops[row], 0)} | {fmt(median([r['mib_s'] for r in rs]), 1)} |")
         if len(iops) == 2:
             print(f"\nqcow2 / raw IOPS: {fmt_ratio(ratio(iops['randread-4k-qcow2'], iops['randread-4k-raw']))}")
+    writes = [r for r in rows if r in WRITE_ROWS]
+    if writes:
+        print("\n| row (fresh qcow2, one request at a time) | block crate IOPS | qemu-img bench IOPS "
+              "| ours / qemu | block crate CPU s | qemu-img CPU s |")
+        print("|---|---|---|---|---|---|")
+        for row in writes:
+            f = [r for r in results if r["row"] == row and r["tool"] == "fvimg" and r["ok"]]
+            q = [r for r in results if r["row"] == row and r["tool"] == "qemu-img" and r["ok"]]
+            fi, qi = median([r["iops"] for r in f]), median([r["iops"] for r in q])
+            print(f"| {row} | {fmt(fi, 0)} | {fmt(qi, 0)} | {fmt_ratio(ratio(fi, qi))} | "
+                  f"{fmt(median([r['cpu_s'] for r in f]), 2)} | {fmt(median([r['cpu_s'] for r in q]), 2)} |")
     failed = [r for r in results if not r["ok"]]
     for r in failed:
         print(f"FAILED {r['row']} {r['tool']}: {r['error']}")

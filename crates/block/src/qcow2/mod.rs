@@ -185,6 +185,9 @@ struct Meta {
     /// References dropped in memory (first cluster, count) whose refcounts
     /// fall only once the drop is durable.
     pending_frees: Vec<(u64, u64)>,
+    /// Old data was copied into a new cluster (or the file grown) since
+    /// the last flush.
+    copied_data: bool,
 }
 
 /// An open qcow2 image.
@@ -326,6 +329,7 @@ impl Qcow2Image {
                 dirty_l2: HashMap::new(),
                 dirty_l1: BTreeSet::new(),
                 pending_frees: Vec::new(),
+                copied_data: false,
             }),
             topology: Topology {
                 logical_block_size: 512,

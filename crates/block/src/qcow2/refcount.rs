@@ -102,6 +102,10 @@ pub struct Refcounts {
     pub write_through: bool,
     /// Cached blocks changed in memory only: block offset to byte range.
     dirty: HashMap<u64, (usize, usize)>,
+    /// Host offset from which no cluster was in use since the last full
+    /// flush (so none was written: the file reads zeros there). Freeing a
+    /// cluster above it raises it.
+    pub fresh_from: u64,
 }
 
 impl Refcounts {
@@ -139,6 +143,7 @@ impl Refcounts {
             no_sync: false,
             write_through: false,
             dirty: HashMap::new(),
+            fresh_from: file_len.div_ceil(cs) * cs,
         })
     }
 
@@ -392,6 +397,7 @@ impl Refcounts {
                 (lo, hi) = (lo.min(r.start), hi.max(r.end));
                 if new == 0 {
                     self.free_hint = self.free_hint.min(i);
+                    self.fresh_from = self.fresh_from.max((i + 1) << self.cluster_bits);
                 }
             }
             if self.write_through {

@@ -138,6 +138,19 @@ impl Qcow2Image {
         self.drop_reference(m, first, last - first + 1)
     }
 
+    /// Whether a cluster with this L2 entry reads as zeros, whatever the
+    /// backing file holds.
+    fn reads_zero(&self, entry: u64, bitmap: u64) -> bool {
+        if entry & (OFFSET_MASK | COMPRESSED) != 0 {
+            return false;
+        }
+        if self.extended {
+            bitmap == ALL_ZERO || (bitmap == 0 && self.backing.is_none())
+        } else {
+            entry & ZERO != 0 || self.backing.is_none()
+        }
+    }
+
     /// Writes `data` at guest `offset` (within the disk).
     pub(super) fn write_locked(
         &self,
@@ -212,8 +225,29 @@ impl Qcow2Image {
             self.file
                 .write_all_at(src, host)
                 .map_err(|e| Qcow2Error::io("data cluster", host, e))?;
+        } else if host >= m.refs.fresh_from && olds.iter().all(|&(e, b)| self.reads_zero(e, b)) {
+            // Clusters never written since the last sync read as zeros
+            // already, and so did the old ones: write the data alone.
+            self.file
+                .write_all_at(src, host + head)
+                .map_err(|e| Qcow2Error::io("data cluster", host, e))?;
+            let end = host + k * cs;
+            let len = self
+                .file
+                .metadata()
+                .map_err(|e| Qcow2Error::io("image", host, e))?
+                .len();
+            if len < end {
+                // The file must cover the clusters before an L2 entry
+                // points at them.
+                self.file
+                    .set_len(end)
+                    .map_err(|e| Qcow2Error::io("image", end, e))?;
+                m.copied_data = true;
+            }
         } else {
             let mut buf = vec![0u8; (k * cs) as usize];
+            m.copied_data = true;
             if head != 0 {
                 self.read_locked(m, &mut buf[..cs as usize], cluster)?;
             }

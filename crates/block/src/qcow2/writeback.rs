@@ -15,11 +15,19 @@
 //!    dropped (a cluster is never free on disk while an old table on disk
 //!    still points at it), then fdatasync.
 //!
+//! With lazy refcounts (version 3), the first flush sets the dirty bit
+//! and makes it durable; refcounts then need no ordering of their own (the
+//! next open rebuilds them if the image was not closed cleanly), so step 1
+//! syncs only when data was copied into a new cluster (copy-on-write must
+//! be durable before the L2 entry), step 3 needs no sync, and a clean
+//! close clears the bit.
+//!
 //! This is the order QEMU keeps with its cache dependencies. Operations
 //! that rewrite whole structures (snapshots, resize, check, refcount
 //! rebuild) first flush, then run write-through with their own syncs
 //! ([`Qcow2Image::structural`]).
 
+use super::header::INCOMPAT_DIRTY;
 use super::{corrupt, Meta, Qcow2Error, Qcow2Image};
 
 /// Dropped references held back before a flush is forced.
@@ -32,10 +40,21 @@ impl Qcow2Image {
         if self.read_only {
             return Ok(());
         }
-        m.refs.write_dirty(&self.file)?;
         let tables_dirty = !m.dirty_l2.is_empty() || !m.dirty_l1.is_empty();
+        let lazy = m.header.version >= 3 && m.header.lazy_refcounts();
+        if lazy && !m.header.dirty() && (tables_dirty || !m.pending_frees.is_empty()) {
+            // From here until a clean close, refcounts on disk may lag:
+            // the dirty bit makes the next open rebuild them.
+            m.header.incompatible_features |= INCOMPAT_DIRTY;
+            self.write_incompatible(m)?;
+            self.sync_meta("header")?;
+        }
+        m.refs.write_dirty(&self.file)?;
         if tables_dirty {
-            self.sync_meta("refcount block")?;
+            if !lazy || m.copied_data {
+                self.sync_meta("refcount block")?;
+            }
+            m.copied_data = false;
             self.write_dirty_l2(m)?;
             if !m.dirty_l1.is_empty() {
                 self.sync_meta("L2 table")?;
@@ -43,11 +62,27 @@ impl Qcow2Image {
             }
         }
         if !m.pending_frees.is_empty() {
-            self.sync_meta("L2 table")?;
+            if !lazy {
+                self.sync_meta("L2 table")?;
+            }
             self.apply_pending_frees(m)?;
             m.refs.write_dirty(&self.file)?;
         }
-        self.sync_meta("image")
+        self.sync_meta("image")?;
+        m.refs.fresh_from = m.refs.file_end;
+        Ok(())
+    }
+
+    /// Flushes and, when lazy refcounts marked the image dirty, marks it
+    /// clean again (its refcounts are exact on disk now).
+    pub(super) fn close_metadata(&self, m: &mut Meta) -> Result<(), Qcow2Error> {
+        self.flush_metadata(m)?;
+        if !self.read_only && m.header.dirty() {
+            m.header.incompatible_features &= !INCOMPAT_DIRTY;
+            self.write_incompatible(m)?;
+            self.sync_meta("header")?;
+        }
+        Ok(())
     }
 
     pub(super) fn sync_meta(&self, what: &'static str) -> Result<(), Qcow2Error> {
@@ -175,7 +210,7 @@ impl Drop for Qcow2Image {
             return;
         }
         let mut m = self.lock();
-        if let Err(e) = self.flush_metadata(&mut m) {
+        if let Err(e) = self.close_metadata(&mut m) {
             eprintln!(
                 "qcow2 {}: metadata not written at close: {e}",
                 self.path.display()
