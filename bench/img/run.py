@@ -60,9 +60,15 @@ READ_ROWS = {"randread-4k-qcow2": ("src.qcow2", "qcow2"), "randread-4k-raw": ("s
 # name -> (writes, bytes per write, step between offsets, writes per flush,
 # qemu-img create -o options): every write allocates a fresh 64 KiB cluster
 # of an empty qcow2 image.
+# Rows "over-backing" put the image over a raw backing file full of data, so
+# each write copies the rest of its cluster (or, with extended_l2, of its
+# 2 KiB subclusters) from it.
 WRITE_ROWS = {"alloc-write-4k-flush-64": (8192, 4096, 65536, 64, "lazy_refcounts=off"),
               "alloc-write-4k-flush-1": (2048, 4096, 65536, 1, "lazy_refcounts=off"),
-              "alloc-write-4k-flush-1-lazy-refcounts": (2048, 4096, 65536, 1, "lazy_refcounts=on")}
+              "alloc-write-4k-flush-1-lazy-refcounts": (2048, 4096, 65536, 1, "lazy_refcounts=on"),
+              "alloc-write-4k-over-backing-flush-64": (4096, 4096, 65536, 64, "lazy_refcounts=off"),
+              "alloc-write-4k-over-backing-extended-l2-flush-64":
+                  (4096, 4096, 65536, 64, "extended_l2=on,cluster_size=65536")}
 TOOLS = ["fvimg", "qemu-img"]
 
 
@@ -145,8 +151,16 @@ def alloc_write(tool, args, d, row):
     at a time, cache=writeback, the same pattern and flush interval."""
     count, size, step, interval, opts = WRITE_ROWS[row]
     img = os.path.join(d, "alloc.qcow2")
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-o", opts, img, str(count * step)],
-                   check=True)
+    base = os.path.join(d, "alloc-base.raw")
+    backing = []
+    if "over-backing" in row:
+        with open(base, "wb") as f:
+            chunk = bytes(range(256)) * 4096
+            for _ in range(count * step // len(chunk)):
+                f.write(chunk)
+        backing = ["-b", base, "-F", "raw"]
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-o", opts] + backing
+                   + [img, str(count * step)], check=True)
     if tool == "fvimg":
         cmd = [args.allocwrite, img, "qcow2", str(count), str(size), str(step), str(interval)]
     else:
@@ -167,7 +181,9 @@ def alloc_write(tool, args, d, row):
         # Outside the timing: the image is consistent and holds the pattern.
         chk = subprocess.run(["qemu-img", "check", img], capture_output=True)
         ref = os.path.join(d, "alloc-ref.raw")
-        with open(ref, "wb") as f:
+        if backing:
+            subprocess.run(["cp", base, ref], check=True)
+        with open(ref, "r+b" if backing else "wb") as f:
             f.truncate(count * step)
             for i in range(count):
                 f.seek(i * step)
@@ -179,6 +195,8 @@ def alloc_write(tool, args, d, row):
             result["ok"] = False
             result["error"] = "image check or content failed: " + (chk.stdout + cmp.stdout).decode()
     os.remove(img)
+    if backing:
+        os.remove(base)
     return result
 
 

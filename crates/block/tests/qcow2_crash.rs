@@ -87,7 +87,10 @@ fn run_workload(sc: &Scenario, image: &Qcow2Image, journal: &Journal, model: &mu
             let mut now = vec![0u8; len as usize];
             block::read_exact_at(image, &mut now, start).unwrap();
             if !sc.backing {
-                assert!(now.iter().all(|b| *b == 0), "a discarded range reads non-zero");
+                assert!(
+                    now.iter().all(|b| *b == 0),
+                    "a discarded range reads non-zero"
+                );
             }
             model[range].copy_from_slice(&now);
         }
@@ -279,7 +282,10 @@ fn run_scenario(sc: &Scenario) {
     drop(image);
     assert_clean(&path);
     let reopened = Qcow2Image::open(&path, &open_options(None, true)).unwrap();
-    assert!(read_all(&reopened) == model, "the image does not hold what was written");
+    assert!(
+        read_all(&reopened) == model,
+        "the image does not hold what was written"
+    );
     drop(reopened);
     let entries = journal.entries();
     let syncs = entries.iter().filter(|e| **e == JournalEntry::Sync).count();

@@ -570,3 +570,75 @@ fn snapshots_through_the_block_crate() {
     drop(img);
     assert_clean(&one);
 }
+
+/// Guest ranges `qemu-img map` says the top image itself holds data for.
+fn own_data_ranges(path: &std::path::Path) -> Vec<(u64, u64)> {
+    let json = qemu_img(&["map", "--output", "json", path.to_str().unwrap()]);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for e in v.as_array().unwrap() {
+        if e["depth"].as_u64() != Some(0) || e["data"].as_bool() != Some(true) {
+            continue;
+        }
+        let (start, len) = (e["start"].as_u64().unwrap(), e["length"].as_u64().unwrap());
+        match out.last_mut() {
+            Some(last) if last.1 == start => last.1 += len,
+            _ => out.push((start, start + len)),
+        }
+    }
+    out
+}
+
+#[test]
+fn extended_l2_writes_allocate_only_the_subclusters_they_touch() {
+    let s = Scratch::new("subclusters");
+    let size = 4u64 << 20;
+    let base = s.path("base.raw");
+    let mut model = pattern_raw(&base, size, 0x5b);
+    let top = s.path("top.qcow2");
+    let img = create(
+        &top,
+        CreateOptions {
+            size,
+            cluster_size: 65536,
+            extended_l2: true,
+            backing_file: Some("base.raw".into()),
+            backing_format: Some("raw".into()),
+            ..Default::default()
+        },
+    );
+    drop(img);
+    let img = Qcow2Image::open(&top, &Qcow2Options::default()).unwrap();
+    // 64 KiB clusters have 2 KiB subclusters. A write from 1000 to 6000
+    // within the second cluster covers subclusters 0 to 2, two in part.
+    let mut write = |at: u64, len: usize, byte: u8| {
+        let data = vec![byte; len];
+        block::write_all_at(&img, &data, at).unwrap();
+        model[at as usize..at as usize + len].copy_from_slice(&data);
+    };
+    write(65536 + 1000, 5000, 0xa1);
+    // Into the same (now allocated) cluster, subcluster 19 in part.
+    write(65536 + 40_000, 100, 0xa2);
+    // Across a cluster boundary: the end of cluster 3 and the start of 4.
+    write(4 * 65536 - 3000, 4000, 0xa3);
+    // A whole cluster is still written as one.
+    write(8 * 65536, 65536, 0xa4);
+    img.flush().unwrap();
+    assert!(first_diff(&read_all(&img), &model).is_none(), "own reads");
+    drop(img);
+    assert_clean(&top);
+    assert!(
+        first_diff(&qemu_raw(&top, &s), &model).is_none(),
+        "qemu reads"
+    );
+    assert_eq!(
+        own_data_ranges(&top),
+        vec![
+            (65536, 65536 + 6144),
+            (65536 + 38912, 65536 + 40960),
+            (4 * 65536 - 4096, 4 * 65536 + 2048),
+            (8 * 65536, 9 * 65536),
+        ],
+        "qemu-img map: the top image holds only the subclusters written"
+    );
+}

@@ -7,6 +7,7 @@ use std::fs::{File, Metadata};
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// One change to an image's host file, as the journal records it.
@@ -106,16 +107,33 @@ pub fn replay(file: &mut Vec<u8>, entry: &JournalEntry) {
 }
 
 /// The image's file: reads pass straight through; changes are recorded
-/// when a journal is attached.
+/// when a journal is attached. Its length is tracked in memory, so the
+/// I/O path needs no fstat (nor a system call filter allowing one).
 pub struct HostFile {
     file: File,
     journal: Option<Arc<Journal>>,
+    len: AtomicU64,
 }
 
 impl HostFile {
     /// Wraps `file`, recording changes into `journal` when given.
-    pub fn new(file: File, journal: Option<Arc<Journal>>) -> HostFile {
-        HostFile { file, journal }
+    pub fn new(file: File, journal: Option<Arc<Journal>>) -> io::Result<HostFile> {
+        let len = file.metadata()?.len();
+        Ok(HostFile {
+            file,
+            journal,
+            len: AtomicU64::new(len),
+        })
+    }
+
+    /// The file's length, as the changes made through this handle left it.
+    pub fn len(&self) -> u64 {
+        self.len.load(Ordering::Relaxed)
+    }
+
+    /// Whether the file is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     fn record(&self, entry: impl FnOnce() -> JournalEntry) {
@@ -137,6 +155,8 @@ impl HostFile {
     /// Writes all of `data` at `offset`.
     pub fn write_all_at(&self, data: &[u8], offset: u64) -> io::Result<()> {
         self.file.write_all_at(data, offset)?;
+        self.len
+            .fetch_max(offset + data.len() as u64, Ordering::Relaxed);
         self.record(|| JournalEntry::Write {
             offset,
             data: data.to_vec(),
@@ -154,6 +174,7 @@ impl HostFile {
     /// Truncates or extends the file.
     pub fn set_len(&self, len: u64) -> io::Result<()> {
         self.file.set_len(len)?;
+        self.len.store(len, Ordering::Relaxed);
         self.record(|| JournalEntry::SetLen(len));
         Ok(())
     }
@@ -189,6 +210,7 @@ impl HostFile {
         if r != 0 {
             return Err(io::Error::last_os_error());
         }
+        self.len.fetch_max(offset + len, Ordering::Relaxed);
         self.record(|| JournalEntry::Allocate { offset, len });
         Ok(())
     }

@@ -16,6 +16,7 @@ mod host_file;
 mod read;
 mod refcount;
 pub mod snapshot;
+mod subcluster;
 mod write;
 mod writeback;
 
@@ -225,7 +226,7 @@ impl Qcow2Image {
                 .write(!options.read_only)
                 .open(path)?,
             options.journal.clone(),
-        );
+        )?;
         let meta = file.metadata()?;
         if !meta.file_type().is_file() {
             return Err(io::Error::new(

@@ -184,6 +184,8 @@ impl Qcow2Image {
                         .write_all_at(src, host)
                         .map_err(|e| Qcow2Error::io("data cluster", host, e))?;
                     g = run_end;
+                } else if self.by_subcluster(entry, g, seg_end) {
+                    g = self.write_subclusters(m, data, offset, g, seg_end)?;
                 } else {
                     g = self.write_fresh(m, data, offset, g, seg_end)?;
                 }
@@ -209,7 +211,7 @@ impl Qcow2Image {
         let mut run_end = (cluster + cs).min(seg_end);
         while run_end < seg_end && olds.len() < 4096 {
             let (e, b) = self.l2_entry(m, run_end)?;
-            if self.in_place(e, b) {
+            if self.in_place(e, b) || self.by_subcluster(e, run_end, seg_end) {
                 break;
             }
             olds.push((e, b));
@@ -232,17 +234,12 @@ impl Qcow2Image {
                 .write_all_at(src, host + head)
                 .map_err(|e| Qcow2Error::io("data cluster", host, e))?;
             let end = host + k * cs;
-            let len = self
-                .file
-                .metadata()
-                .map_err(|e| Qcow2Error::io("image", host, e))?
-                .len();
-            if len < end {
+            if self.file.len() < end {
                 // The file must cover the clusters before an L2 entry
-                // points at them.
+                // points at them: a zero byte at their end extends it.
                 self.file
-                    .set_len(end)
-                    .map_err(|e| Qcow2Error::io("image", end, e))?;
+                    .write_all_at(&[0], end - 1)
+                    .map_err(|e| Qcow2Error::io("data cluster", end - 1, e))?;
                 m.copied_data = true;
             }
         } else {
