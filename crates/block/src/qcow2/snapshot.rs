@@ -217,8 +217,9 @@ impl Qcow2Image {
         Ok(())
     }
 
-    /// Sets the COPIED flags of the active L1 and L2 tables from the refcounts.
-    fn fix_copied(&self, m: &mut Meta) -> Result<(), Qcow2Error> {
+    /// Sets the COPIED flags of the active L1 and L2 tables from the
+    /// refcounts (`clear_all`: clears every one, before sharing them).
+    fn fix_copied(&self, m: &mut Meta, clear_all: bool) -> Result<(), Qcow2Error> {
         let cs = self.cs();
         let step = if self.extended { 2 } else { 1 };
         let mut raw = vec![0u8; cs as usize];
@@ -228,7 +229,7 @@ impl Qcow2Image {
             if l2 == 0 {
                 continue;
             }
-            let sole = m.refs.get(&self.file, l2 >> self.cluster_bits)? == 1;
+            let sole = !clear_all && m.refs.get(&self.file, l2 >> self.cluster_bits)? == 1;
             let fixed = if sole { e | COPIED } else { e & !COPIED };
             if fixed != e {
                 m.l1[i] = fixed;
@@ -242,9 +243,12 @@ impl Qcow2Image {
                 if entry & COMPRESSED != 0 || entry & OFFSET_MASK == 0 {
                     continue;
                 }
-                let rc = m
-                    .refs
-                    .get(&self.file, (entry & OFFSET_MASK) >> self.cluster_bits)?;
+                let rc = if sole {
+                    m.refs
+                        .get(&self.file, (entry & OFFSET_MASK) >> self.cluster_bits)?
+                } else {
+                    0
+                };
                 let want = if sole && rc == 1 {
                     entry | COPIED
                 } else {
@@ -284,6 +288,8 @@ impl Qcow2Image {
         fields[..4].copy_from_slice(&(snaps.len() as u32).to_be_bytes());
         fields[4..].copy_from_slice(&off.to_be_bytes());
         self.write_at_meta(&fields, 60, "header")?;
+        // The header no longer points at the old table before it is freed.
+        self.sync_meta("header")?;
         m.header.nb_snapshots = snaps.len() as u32;
         m.header.snapshots_offset = off;
         if old.0 != 0 && old.1 > 0 {
@@ -351,8 +357,12 @@ impl Qcow2Image {
             self.write_at_meta(&raw, off, "snapshot L1 table")?;
             off
         };
+        // Crash-safe order: no table may claim sole ownership (COPIED) of
+        // a cluster whose refcount on disk is already shared.
+        self.fix_copied(m, true)?;
+        self.sync_meta("L2 table")?;
         self.tree_refs(m, &l1, 1)?;
-        self.fix_copied(m)?;
+        self.sync_meta("refcount block")?;
         let id = snaps
             .iter()
             .filter_map(|s| s.id.parse::<u64>().ok())
@@ -398,6 +408,8 @@ impl Qcow2Image {
             ));
         }
         self.tree_refs(m, &snap_l1, 1)?;
+        // The snapshot's clusters are counted before the L1 table points at them.
+        self.sync_meta("refcount block")?;
         let old = m.l1.clone();
         let mut new = snap_l1.clone();
         new.resize(old.len(), 0);
@@ -413,7 +425,7 @@ impl Qcow2Image {
             self.write_at_meta(&s.disk_size.to_be_bytes(), 24, "header")?;
             m.header.size = s.disk_size;
         }
-        self.fix_copied(m)?;
+        self.fix_copied(m, false)?;
         m.compressed_cache = None;
         m.compressed_cursor = 0;
         self.sync_meta("image")?;
@@ -441,7 +453,7 @@ impl Qcow2Image {
             m.refs
                 .add_range(&self.file, s.l1_table_offset >> self.cluster_bits, n, -1)?;
         }
-        self.fix_copied(m)?;
+        self.fix_copied(m, false)?;
         self.sync_meta("image")?;
         Ok(())
     }
