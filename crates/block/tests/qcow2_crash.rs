@@ -38,6 +38,7 @@ struct Scenario {
     backing: bool,
     snapshot: bool,
     lazy: bool,
+    resize: bool,
     ops: usize,
     seed: u64,
 }
@@ -71,6 +72,17 @@ fn run_workload(
             h.acked.push(model.clone());
             continue;
         }
+        if sc.resize && kind < 17 {
+            // Growing the disk: a larger L1 table now and then.
+            let grow = (rng.below(64) + 1) * cs;
+            journal.mark(h.op_ranges.len() as u64);
+            h.op_ranges.push((0, 0));
+            image.resize(model.len() as u64 + grow).unwrap();
+            model.resize(model.len() + grow as usize, 0);
+            journal.mark(ACK | h.acked.len() as u64);
+            h.acked.push(model.clone());
+            continue;
+        }
         if sc.snapshot && kind < 19 {
             // Snapshot operations flush, rewrite tables with their own
             // syncs, and return with everything durable.
@@ -98,11 +110,12 @@ fn run_workload(
             h.acked.push(model.clone());
             continue;
         }
-        let sectors = sc.size / SECTOR as u64;
+        let size = model.len() as u64;
+        let sectors = size / SECTOR as u64;
         let start = rng.below(sectors) * SECTOR as u64;
-        let max_len = (3 * cs).min(sc.size - start);
+        let max_len = (3 * cs).min(size - start);
         let len = ((rng.below(max_len) / SECTOR as u64) + 1) * SECTOR as u64;
-        let len = len.min(sc.size - start);
+        let len = len.min(size - start);
         journal.mark(h.op_ranges.len() as u64);
         h.op_ranges.push((start, start + len));
         let range = start as usize..(start + len) as usize;
@@ -286,8 +299,13 @@ fn crash_states(
 
 /// Checks that every sector outside `loose` equals `want`.
 fn assert_acked(got: &[u8], want: &[u8], loose: &[(u64, u64)], who: &str, label: &str) {
-    assert_eq!(got.len(), want.len(), "{who}: size, {label}");
-    for s in 0..got.len() / SECTOR {
+    // A resize under way may have grown the disk; the new space reads zeros.
+    assert!(got.len() >= want.len(), "{who}: the disk shrank, {label}");
+    assert!(
+        got[want.len()..].iter().all(|b| *b == 0),
+        "{who}: space from an unfinished resize is not zero, {label}"
+    );
+    for s in 0..want.len() / SECTOR {
         let (a, b) = ((s * SECTOR) as u64, ((s + 1) * SECTOR) as u64);
         if loose.iter().any(|(x, y)| a < *y && *x < b) {
             continue;
@@ -473,7 +491,8 @@ fn run_scenario(sc: &Scenario) {
 #[test]
 fn small_clusters_with_wide_refcounts_survive_power_cuts() {
     // 512-byte clusters and 64-bit refcounts: L2 tables, refcount blocks
-    // and a refcount table that grows, all within a few hundred writes.
+    // and a refcount table that grows, all within a few hundred writes;
+    // the disk grows too (new L1 tables).
     run_scenario(&Scenario {
         name: "small",
         size: 3 << 20,
@@ -483,6 +502,7 @@ fn small_clusters_with_wide_refcounts_survive_power_cuts() {
         backing: false,
         snapshot: false,
         lazy: false,
+        resize: true,
         ops: 260,
         seed: 0x1234_5678_9abc_def1,
     });
@@ -501,6 +521,7 @@ fn copy_on_write_from_a_backing_file_survives_power_cuts() {
         backing: true,
         snapshot: false,
         lazy: false,
+        resize: false,
         ops: 200,
         seed: 0x0fed_cba9_8765_4321,
     });
@@ -520,6 +541,7 @@ fn clusters_shared_with_a_snapshot_survive_power_cuts() {
         backing: false,
         snapshot: true,
         lazy: false,
+        resize: false,
         ops: 220,
         seed: 0x2468_ace0_1357_9bdf,
     });
@@ -536,6 +558,7 @@ fn extended_l2_entries_survive_power_cuts() {
         backing: true,
         snapshot: false,
         lazy: false,
+        resize: false,
         ops: 160,
         seed: 0x1357_2468_9bdf_ace0,
     });
@@ -554,6 +577,7 @@ fn lazy_refcounts_survive_power_cuts_through_the_dirty_bit() {
         backing: true,
         snapshot: true,
         lazy: true,
+        resize: false,
         ops: 200,
         seed: 0x7777_1111_3333_5555,
     });
