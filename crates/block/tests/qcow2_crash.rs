@@ -47,6 +47,8 @@ struct Scenario {
 /// each acknowledged flush.
 struct History {
     op_ranges: Vec<(u64, u64)>,
+    /// Structural operations done: grows, shrinks, snapshot operations.
+    structural: [usize; 3],
     acked: Vec<Vec<u8>>,
 }
 
@@ -61,6 +63,7 @@ fn run_workload(
     let mut rng = Rng(sc.seed);
     let mut h = History {
         op_ranges: Vec::new(),
+        structural: [0; 3],
         acked: vec![model.clone()],
     };
     journal.mark(ACK);
@@ -73,12 +76,25 @@ fn run_workload(
             continue;
         }
         if sc.resize && kind < 17 {
-            // Growing the disk: a larger L1 table now and then.
-            let grow = (rng.below(64) + 1) * cs;
+            // Growing the disk (a larger L1 table now and then), or
+            // shrinking it (L2 tables freed, a cluster cut in two).
+            let old = model.len() as u64;
+            let new = if kind == 16 && old > 2 << 20 {
+                old - rng.below(200) * SECTOR as u64 - SECTOR as u64
+            } else {
+                old + (rng.below(64) + 1) * cs
+            };
             journal.mark(h.op_ranges.len() as u64);
-            h.op_ranges.push((0, 0));
-            image.resize(model.len() as u64 + grow).unwrap();
-            model.resize(model.len() + grow as usize, 0);
+            if new < old {
+                h.op_ranges.push((new, old));
+                image.shrink(new).unwrap();
+                h.structural[1] += 1;
+            } else {
+                h.op_ranges.push((0, 0));
+                image.resize(new).unwrap();
+                h.structural[0] += 1;
+            }
+            model.resize(new as usize, 0);
             journal.mark(ACK | h.acked.len() as u64);
             h.acked.push(model.clone());
             continue;
@@ -87,6 +103,7 @@ fn run_workload(
             // Snapshot operations flush, rewrite tables with their own
             // syncs, and return with everything durable.
             let whole = (0, sc.size);
+            h.structural[2] += 1;
             if kind < 17 || snapshots.is_empty() {
                 journal.mark(h.op_ranges.len() as u64);
                 h.op_ranges.push((0, 0));
@@ -299,13 +316,20 @@ fn crash_states(
 
 /// Checks that every sector outside `loose` equals `want`.
 fn assert_acked(got: &[u8], want: &[u8], loose: &[(u64, u64)], who: &str, label: &str) {
-    // A resize under way may have grown the disk; the new space reads zeros.
-    assert!(got.len() >= want.len(), "{who}: the disk shrank, {label}");
+    // A resize under way may have grown the disk (the new space reads
+    // zeros) or shrunk it (only over a range the shrink made loose).
+    let shrunk = (got.len() as u64, want.len() as u64);
     assert!(
-        got[want.len()..].iter().all(|b| *b == 0),
-        "{who}: space from an unfinished resize is not zero, {label}"
+        got.len() >= want.len() || loose.iter().any(|(x, y)| *x <= shrunk.0 && shrunk.1 <= *y),
+        "{who}: the disk shrank, {label}"
     );
-    for s in 0..want.len() / SECTOR {
+    if got.len() > want.len() {
+        assert!(
+            got[want.len()..].iter().all(|b| *b == 0),
+            "{who}: space from an unfinished resize is not zero, {label}"
+        );
+    }
+    for s in 0..want.len().min(got.len()) / SECTOR {
         let (a, b) = ((s * SECTOR) as u64, ((s + 1) * SECTOR) as u64);
         if loose.iter().any(|(x, y)| a < *y && *x < b) {
             continue;
@@ -452,7 +476,7 @@ fn run_scenario(sc: &Scenario) {
             // New writes keep it consistent.
             let mut rng = Rng(sc.seed + i as u64);
             for _ in 0..4 {
-                let at = rng.below(sc.size / SECTOR as u64 - 16) * SECTOR as u64;
+                let at = rng.below(image.size() / SECTOR as u64 - 16) * SECTOR as u64;
                 block::write_all_at(&image, &noise(rng.next(), 8 * SECTOR), at).unwrap();
             }
             image.flush().unwrap();
@@ -468,12 +492,16 @@ fn run_scenario(sc: &Scenario) {
         }
     }
     eprintln!(
-        "{}: {} journal entries, {} syncs, {} acknowledged flushes, {} crash states checked \
-         ({} with leaks, {} dirty with lazy refcounts, none corrupt otherwise), {} also through qemu-img",
+        "{}: {} journal entries, {} syncs, {} acknowledged flushes ({} grows, {} shrinks, \
+         {} snapshot operations), {} crash states checked ({} with leaks, {} dirty with lazy \
+         refcounts, none corrupt otherwise), {} also through qemu-img",
         sc.name,
         entries.len(),
         syncs,
         history.acked.len() - 1,
+        history.structural[0],
+        history.structural[1],
+        history.structural[2],
         states.len(),
         leaky,
         dirty_states,

@@ -150,6 +150,9 @@ enum Command {
         /// Quiet.
         #[arg(short = 'q')]
         quiet: bool,
+        /// Allow a smaller size (the data past the new end is lost).
+        #[arg(long)]
+        shrink: bool,
         /// The image.
         file: PathBuf,
         /// New size, or +/- a change.
@@ -332,6 +335,7 @@ fn run(ctx: &Ctx, command: Command) -> Result<u8, Failure> {
         Command::Resize {
             format,
             quiet,
+            shrink,
             file,
             size,
         } => {
@@ -344,15 +348,20 @@ fn run(ctx: &Ctx, command: Command) -> Result<u8, Failure> {
             } else {
                 parse_size(&size)?
             };
+            if new < old && !shrink {
+                return Err("Use the --shrink option to perform a shrink operation.\n\
+                     fvimg: warning: Shrinking an image will delete all data beyond the \
+                     shrunken image's end. Before performing such an operation, make sure \
+                     there is no important data there."
+                    .into());
+            }
             match &image {
+                Image::Qcow2(q) if new < old => q.shrink(new)?,
                 Image::Qcow2(q) => q.resize(new.div_ceil(512) * 512)?,
                 Image::ReadOnly(format, _) => {
                     return Err(format!("{format} images are read-only").into());
                 }
                 Image::Raw(..) => {
-                    if new < old {
-                        return Err("shrinking is not supported".into());
-                    }
                     std::fs::OpenOptions::new()
                         .write(true)
                         .open(&file)?

@@ -928,3 +928,75 @@ fn device_backing_files_are_refused_even_with_backing_dir_root() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("character device"), "{err}");
 }
+
+#[test]
+fn resize_shrink_drops_the_tail_like_qemu_img() {
+    let s = Scratch::new("shrink");
+    let raw = s.p("a.raw");
+    pattern(&raw, 8 << 20, 11);
+    let ours = s.p("ours.qcow2");
+    // 4 KiB clusters: 512 entries per L2 table, 2 MiB each; some wholly
+    // past the new end, one cut in the middle of a cluster.
+    ok(
+        "qemu-img",
+        &[
+            "convert",
+            "-O",
+            "qcow2",
+            "-o",
+            "cluster_size=4096",
+            &raw,
+            &ours,
+        ],
+    );
+    ok("fvimg", &["snapshot", "-c", "full", &ours]);
+    let theirs = s.p("theirs.qcow2");
+    std::fs::copy(&ours, &theirs).unwrap();
+    let new = (3 << 20) + 1536;
+    let (code, _, err) = fvimg(&["resize", &ours, &new.to_string()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("--shrink"), "{err}");
+    let info = json(&ok("qemu-img", &["info", "--output", "json", &ours]));
+    assert_eq!(
+        info["virtual-size"],
+        8 << 20,
+        "refused shrink changed nothing"
+    );
+    ok(
+        "fvimg",
+        &["resize", "-q", "--shrink", &ours, &new.to_string()],
+    );
+    ok(
+        "qemu-img",
+        &["resize", "-q", "--shrink", &theirs, &new.to_string()],
+    );
+    assert_clean(&ours);
+    let info = json(&ok("qemu-img", &["info", "--output", "json", &ours]));
+    assert_eq!(info["virtual-size"], new);
+    assert_same(&ours, &theirs);
+    let prefix = s.p("prefix.raw");
+    let mut head = std::fs::read(&raw).unwrap();
+    head.truncate(new as usize);
+    std::fs::write(&prefix, &head).unwrap();
+    assert_same(&prefix, &ours);
+    // Growing again reads zeros past the cut. (qemu-img 7.2 shows the old
+    // bytes of the cut cluster again here; fvimg zeroed them at the cut.)
+    ok("fvimg", &["resize", "-q", &ours, "8M"]);
+    assert_clean(&ours);
+    head.resize(8 << 20, 0);
+    std::fs::write(&prefix, &head).unwrap();
+    assert_same(&prefix, &ours);
+    // The snapshot kept its data.
+    ok("fvimg", &["snapshot", "-a", "full", &ours]);
+    assert_clean(&ours);
+    assert_same(&raw, &ours);
+    // Raw images shrink by truncation.
+    let r = s.p("r.raw");
+    std::fs::copy(&raw, &r).unwrap();
+    assert_eq!(fvimg(&["resize", "-f", "raw", &r, "1M"]).0, 1);
+    ok(
+        "fvimg",
+        &["resize", "-q", "-f", "raw", "--shrink", &r, "1M"],
+    );
+    assert_eq!(std::fs::metadata(&r).unwrap().len(), 1 << 20);
+}

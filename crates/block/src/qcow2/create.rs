@@ -9,7 +9,7 @@ use super::header::{
     MAX_CLUSTER_BITS, MAX_L1_BYTES, MAX_VIRTUAL_SIZE, MIN_CLUSTER_BITS, V2_HEADER_LEN,
     V3_HEADER_LEN,
 };
-use super::{Meta, Qcow2Error, Qcow2Image, Qcow2Options, COPIED};
+use super::{Meta, Qcow2Error, Qcow2Image, Qcow2Options, COPIED, OFFSET_MASK};
 
 /// How much of a new image to allocate up front.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -228,6 +228,55 @@ impl Qcow2Image {
         }
         self.structural(&mut m, |m| {
             self.grow_l1(m, new_size)?;
+            self.write_at_meta(&new_size.to_be_bytes(), 24, "header")?;
+            m.header.size = new_size;
+            self.sync_meta("header")
+        })?;
+        Ok(())
+    }
+
+    /// Shrinks the guest size to `new_size` bytes (rounded up to 512),
+    /// as `qemu-img resize --shrink`: the data past the new end is
+    /// dropped (L2 tables wholly past it are freed; the L1 table keeps its
+    /// size), and the rest of the last cluster is zeroed so that growing
+    /// again reads zeros there. Internal snapshots keep their own data.
+    pub fn shrink(&self, new_size: u64) -> io::Result<()> {
+        self.check_writable()?;
+        let new_size = new_size.div_ceil(512) * 512;
+        let mut m = self.lock();
+        let old = m.header.size;
+        if new_size > old {
+            return Err(Qcow2Error::Invalid(format!(
+                "shrinking to {new_size} bytes would grow the image ({old} bytes)"
+            ))
+            .into());
+        }
+        let cs = self.cs();
+        let tail_end = new_size.div_ceil(cs) * cs;
+        if tail_end.min(old) > new_size {
+            // The last cluster's bytes past the new end read as zeros.
+            self.zero_locked(&mut m, new_size, tail_end.min(old) - new_size, true)?;
+        }
+        if old > tail_end {
+            self.zero_locked(&mut m, tail_end, old - tail_end, true)?;
+        }
+        // L2 tables that cover nothing below the new end go.
+        let per_table = cs * self.l2_entries();
+        let keep = new_size.div_ceil(per_table) as usize;
+        for i in keep..m.l1.len() {
+            let l2 = m.l1[i] & OFFSET_MASK;
+            if l2 == 0 {
+                continue;
+            }
+            m.l1[i] = 0;
+            m.dirty_l1.insert(i);
+            m.dirty_l2.remove(&l2);
+            m.l2_cache.pop(&l2);
+            self.drop_reference(&mut m, l2 >> self.cluster_bits, 1)?;
+        }
+        // Crash-safe order: the dropped data is gone on disk before the
+        // header says the disk is smaller.
+        self.structural(&mut m, |m| {
             self.write_at_meta(&new_size.to_be_bytes(), 24, "header")?;
             m.header.size = new_size;
             self.sync_meta("header")
