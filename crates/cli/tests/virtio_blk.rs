@@ -227,3 +227,54 @@ fn qcow2_disk_with_a_backing_file() {
     let head = out.line("probe: blk head=").unwrap_or_default().to_string();
     assert!(!head.contains("FERROVISOR"), "{head}");
 }
+
+#[test]
+fn vhd_and_vmdk_disks_are_served_read_only() {
+    if !require_kvm() {
+        return;
+    }
+    let dir = TempDir::new("blk-vhd-vmdk");
+    let raw = image(&dir, 64 << 20);
+    for (fmt, subformat, image_type) in [
+        ("vpc", "subformat=dynamic", "vhd"),
+        ("vpc", "subformat=fixed", "vpc"),
+        ("vmdk", "subformat=monolithicSparse", "vmdk"),
+        ("vmdk", "subformat=streamOptimized", "vmdk"),
+    ] {
+        let path = dir.join(&format!("disk-{fmt}-{}", &subformat[10..]));
+        let status = std::process::Command::new("qemu-img")
+            .args(["convert", "-O", fmt, "-o", subformat])
+            .arg(&raw)
+            .arg(&path)
+            .status()
+            .expect("qemu-img");
+        assert!(status.success());
+        let before = std::fs::read(&path).unwrap();
+        let what = format!("{fmt} {subformat}");
+        // Writable use is refused with a reason.
+        let refused = run_blk(&path, &format!(",image_type={image_type}"), "probe=blk");
+        assert_eq!(refused.code(), 2, "{what}: {refused:#?}");
+        assert!(
+            refused.log.contains("readonly=on"),
+            "{what}: {}",
+            refused.log
+        );
+        let out = run_blk(
+            &path,
+            &format!(",image_type={image_type},readonly=on"),
+            "probe=blk blk_mode=ro",
+        );
+        assert_eq!(out.code(), debug_exit(0), "{what}: {out:#?}");
+        assert_eq!(
+            out.line("probe: blk head="),
+            Some("probe: blk head=FERROVISOR-DISK!"),
+            "{what}: the guest reads the image's contents"
+        );
+        assert_eq!(
+            out.line("probe: blk readonly write"),
+            Some("probe: blk readonly write status=1"),
+            "{what}"
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), before, "{what}: unchanged");
+    }
+}

@@ -94,6 +94,8 @@ pub(crate) fn read_boot_files(config: &VmConfig) -> Result<BootFiles, Error> {
         let format = match disk.image_type {
             None | Some(crate::config::ImageType::Raw) => block::Format::Raw,
             Some(crate::config::ImageType::Qcow2) => block::Format::Qcow2,
+            Some(crate::config::ImageType::Vhd) => block::Format::Vpc,
+            Some(crate::config::ImageType::Vmdk) => block::Format::Vmdk,
         };
         // Backing files are opened only when the config allows them, so an
         // image from elsewhere cannot make the VMM read a host file.

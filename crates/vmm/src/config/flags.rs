@@ -206,7 +206,7 @@ fn parse_number<T: std::str::FromStr>(
 
 /// Parses `--disk path=FILE,readonly=on|off,direct=on|off,serial=ID,num_queues=N,
 /// queue_size=N,id=NAME,logical_block_size=N,physical_block_size=N,discard=on|off,addr=SLOT,
-/// image_type=raw|qcow2,backing_files=on|off`.
+/// image_type=raw|qcow2|vhd|vmdk,backing_files=on|off`.
 pub fn parse_disk(value: &str) -> Result<DiskConfig, ConfigError> {
     const FLAG: &str = "--disk";
     const KEYS: [&str; 13] = [
@@ -242,10 +242,12 @@ pub fn parse_disk(value: &str) -> Result<DiskConfig, ConfigError> {
                 disk.image_type = Some(match val {
                     "raw" => ImageType::Raw,
                     "qcow2" => ImageType::Qcow2,
+                    "vhd" | "vpc" => ImageType::Vhd,
+                    "vmdk" => ImageType::Vmdk,
                     _ => {
                         return Err(ConfigError::new(
                             FLAG,
-                            format!("image_type={val}: raw or qcow2"),
+                            format!("image_type={val}: raw, qcow2, vhd or vmdk"),
                         ))
                     }
                 })
@@ -470,7 +472,15 @@ mod tests {
             parse_disk("path=/img,image_type=raw").unwrap().image_type,
             Some(ImageType::Raw)
         );
-        assert!(parse_disk("path=/img,image_type=vmdk").is_err());
+        assert_eq!(
+            parse_disk("path=/img,image_type=vmdk").unwrap().image_type,
+            Some(ImageType::Vmdk)
+        );
+        assert_eq!(
+            parse_disk("path=/img,image_type=vpc").unwrap().image_type,
+            Some(ImageType::Vhd)
+        );
+        assert!(parse_disk("path=/img,image_type=vdi").is_err());
         assert!(
             !parse_disk("path=/img,image_type=qcow2")
                 .unwrap()

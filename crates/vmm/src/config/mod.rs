@@ -244,6 +244,12 @@ pub enum ImageType {
     Raw,
     /// qcow2 (with its backing chain).
     Qcow2,
+    /// VHD, fixed or dynamic (read-only; `vpc` is qemu-img's name for it).
+    #[serde(alias = "vpc")]
+    Vhd,
+    /// VMDK: monolithicSparse, streamOptimized, flat and split extents
+    /// (read-only).
+    Vmdk,
 }
 
 impl DiskConfig {

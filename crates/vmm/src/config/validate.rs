@@ -210,10 +210,21 @@ pub(super) fn disk(disk: &DiskConfig) -> Result<(), ConfigError> {
     if disk.path.as_os_str().is_empty() {
         return Err(ConfigError::new(FLAG, "path=FILE is required"));
     }
-    if disk.direct && disk.image_type == Some(super::ImageType::Qcow2) {
+    if disk.direct && !matches!(disk.image_type, None | Some(super::ImageType::Raw)) {
         return Err(ConfigError::new(
             FLAG,
-            "direct=on is for raw images (qcow2 goes through the page cache)",
+            "direct=on is for raw images (other formats go through the page cache)",
+        ));
+    }
+    if matches!(
+        disk.image_type,
+        Some(super::ImageType::Vhd | super::ImageType::Vmdk)
+    ) && !disk.readonly
+    {
+        return Err(ConfigError::new(
+            FLAG,
+            "image_type=vhd and vmdk disks are read-only here: add readonly=on, \
+             or convert the image (fvimg convert -O qcow2)",
         ));
     }
     if !(1..=64).contains(&disk.num_queues) {
