@@ -80,7 +80,7 @@ fn qcow2(image: &Image) -> Result<&block::Qcow2Image, Failure> {
 }
 
 /// Reads `buf` from `disk` at `at`, with zeros past its end.
-fn read_padded(disk: &dyn DiskFile, buf: &mut [u8], at: u64) -> Result<(), Failure> {
+pub fn read_padded(disk: &dyn DiskFile, buf: &mut [u8], at: u64) -> Result<(), Failure> {
     let size = disk.size();
     let n = if at >= size {
         0

@@ -12,7 +12,7 @@ mod map;
 mod size;
 mod snapshot;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use block::{BackingPolicy, Format};
@@ -207,7 +207,7 @@ fn named_images(command: &Command) -> Vec<PathBuf> {
         | Command::Check { file, .. }
         | Command::Map { file, .. }
         | Command::Resize { file, .. } => vec![file.clone()],
-        Command::Convert(args) => args.images().map(Path::to_path_buf).to_vec(),
+        Command::Convert(args) => args.images(),
         Command::Compare { file1, file2, .. } => vec![file1.clone(), file2.clone()],
         Command::Snapshot(args) => vec![args.file.clone()],
         Command::Rebase(args) => args.images(),

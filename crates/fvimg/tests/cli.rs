@@ -1000,3 +1000,234 @@ fn resize_shrink_drops_the_tail_like_qemu_img() {
     );
     assert_eq!(std::fs::metadata(&r).unwrap().len(), 1 << 20);
 }
+
+/// Bytes of data a qcow2 image itself holds (depth 0), per `qemu-img map`.
+fn own_data(path: &str) -> u64 {
+    let map = json(&ok("qemu-img", &["map", "--output", "json", path]));
+    map.as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["depth"] == 0 && e["data"] == true)
+        .map(|e| e["length"].as_u64().unwrap())
+        .sum()
+}
+
+/// The `qemu-img map` entry covering guest `offset`.
+fn map_at(path: &str, offset: u64) -> serde_json::Value {
+    let map = json(&ok("qemu-img", &["map", "--output", "json", path]));
+    map.as_array()
+        .unwrap()
+        .iter()
+        .find(|e| {
+            let start = e["start"].as_u64().unwrap();
+            start <= offset && offset < start + e["length"].as_u64().unwrap()
+        })
+        .cloned()
+        .unwrap_or_else(|| panic!("{path}: nothing maps {offset}"))
+}
+
+#[test]
+fn convert_over_a_backing_file_writes_only_what_differs() {
+    let s = Scratch::new("convert-b");
+    // The base: a pattern, 128k of 0x5a at 1M, zeros at 2M..2.25M.
+    let base = s.p("base.raw");
+    pattern(&base, 4 << 20, 31);
+    let mut bytes = std::fs::read(&base).unwrap();
+    bytes[1 << 20..(1 << 20) + (128 << 10)].fill(0x5a);
+    bytes[2 << 20..(2 << 20) + (256 << 10)].fill(0);
+    bytes[3 << 20..(3 << 20) + (64 << 10)].fill(0x77);
+    std::fs::write(&base, &bytes).unwrap();
+    let src = s.p("src.qcow2");
+    ok(
+        "qemu-img",
+        &[
+            "create", "-q", "-f", "qcow2", "-b", "base.raw", "-F", "raw", &src,
+        ],
+    );
+    ok(
+        "qemu-io",
+        &[
+            "-c",
+            "write -P 0x33 64k 192k",
+            // The same bytes as the base: nothing to write.
+            "-c",
+            "write -P 0x5a 1M 64k",
+            // Zeros over zeros: nothing to write.
+            "-c",
+            "write -z 2M 128k",
+            // Zeros over data: zero clusters.
+            "-c",
+            "write -z 3M 64k",
+            "-c",
+            "write -P 0x44 3584k 100k",
+            &src,
+        ],
+    );
+    let ours = s.p("ours.qcow2");
+    let theirs = s.p("theirs.qcow2");
+    let args = ["convert", "-O", "qcow2", "-B", "base.raw", "-F", "raw"];
+    let mut a = args.to_vec();
+    a.extend_from_slice(&[&src, &ours]);
+    ok("fvimg", &a);
+    let mut a = args.to_vec();
+    a.extend_from_slice(&[&src, &theirs]);
+    ok("qemu-img", &a);
+    for img in [&ours, &theirs] {
+        assert_clean(img);
+        assert_same(&src, img);
+    }
+    let info = json(&ok("qemu-img", &["info", "--output", "json", &ours]));
+    assert_eq!(info["backing-filename"], "base.raw");
+    assert_eq!(info["backing-filename-format"], "raw");
+    let (o, t) = (own_data(&ours), own_data(&theirs));
+    assert!(o > 0 && o <= t, "fvimg allocates {o} bytes, qemu-img {t}");
+    // Equal to the base: unallocated; zeros over data: a zero cluster.
+    for at in [1 << 20, 2 << 20, 0] {
+        assert_ne!(map_at(&ours, at)["depth"], 0, "at {at}");
+    }
+    let z = map_at(&ours, 3 << 20);
+    assert_eq!((&z["depth"], &z["zero"]), (&0.into(), &true.into()), "{z}");
+    assert_eq!(map_at(&ours, 64 << 10)["depth"], 0);
+    // Without a qcow2 destination, or -F alone: errors.
+    let (code, _, err) = fvimg(&[
+        "convert",
+        "-O",
+        "raw",
+        "-B",
+        "base.raw",
+        &src,
+        &s.p("x.raw"),
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("backing file not supported"), "{err}");
+    let (code, _, err) = fvimg(&["convert", "-O", "qcow2", "-F", "raw", &src, &s.p("x")]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("without backing file"), "{err}");
+}
+
+#[test]
+fn convert_n_writes_into_existing_images() {
+    let s = Scratch::new("convert-n");
+    let raw = s.p("src.raw");
+    pattern(&raw, 4 << 20, 77);
+    // The same contents as qcow2: zero stretches are holes in its map.
+    let q = s.p("src.qcow2");
+    ok("qemu-img", &["convert", "-O", "qcow2", &raw, &q]);
+    for src in [&raw, &q] {
+        // A raw target full of junk.
+        let junk = s.p("junk.raw");
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let bytes: Vec<u8> = (0..4 << 20)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x as u8) | 1
+            })
+            .collect();
+        std::fs::write(&junk, &bytes).unwrap();
+        ok("fvimg", &["convert", "-n", "-O", "raw", src, &junk]);
+        assert_same(src, &junk);
+        // A qcow2 target full of data.
+        let t = s.p("target.qcow2");
+        ok("qemu-img", &["create", "-q", "-f", "qcow2", &t, "5M"]);
+        ok("qemu-io", &["-c", "write -P 0x55 0 5M", &t]);
+        ok("fvimg", &["convert", "-n", "-O", "qcow2", src, &t]);
+        assert_clean(&t);
+        let (code, out, _) = exec("qemu-img", &["compare", src, &t]);
+        // The target's last megabyte still holds 0x55.
+        assert_eq!(
+            (code, out.trim()),
+            (
+                1,
+                "Warning: Image size mismatch!\nContent mismatch at offset 4194304!"
+            )
+        );
+        let head = s.p("head.raw");
+        ok(
+            "qemu-img",
+            &[
+                "dd",
+                "-f",
+                "qcow2",
+                "-O",
+                "raw",
+                "bs=1M",
+                "count=4",
+                &format!("if={t}"),
+                &format!("of={head}"),
+            ],
+        );
+        assert_same(src, &head);
+    }
+    // A missing target, a target too small: errors, nothing created.
+    let missing = s.p("missing.raw");
+    let (code, _, err) = fvimg(&["convert", "-n", &raw, &missing]);
+    assert_eq!(code, 1, "{err}");
+    assert!(!Path::new(&missing).exists());
+    let small = s.p("small.qcow2");
+    ok("qemu-img", &["create", "-q", "-f", "qcow2", &small, "3M"]);
+    let (code, _, err) = fvimg(&["convert", "-n", "-O", "qcow2", &raw, &small]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("smaller"), "{err}");
+}
+
+#[test]
+fn convert_l_reads_an_internal_snapshot() {
+    let s = Scratch::new("convert-l");
+    let raw = s.p("src.raw");
+    pattern(&raw, 4 << 20, 91);
+    let q = s.p("s.qcow2");
+    ok("qemu-img", &["convert", "-O", "qcow2", &raw, &q]);
+    ok("qemu-img", &["snapshot", "-c", "s1", &q]);
+    ok(
+        "qemu-io",
+        &["-c", "write -P 0x77 0 1M", "-c", "write -z 2M 512k", &q],
+    );
+    ok("qemu-img", &["snapshot", "-c", "s2", &q]);
+    ok("qemu-io", &["-c", "write -P 0x78 3M 64k", &q]);
+    for (param, expect_raw) in [
+        ("snapshot.name=s1", true),
+        ("snapshot.id=1", true),
+        ("s1", true),
+        ("snapshot.id=2,snapshot.name=s2", false),
+        ("2", false),
+    ] {
+        for fmt in ["raw", "qcow2"] {
+            let ours = s.p("ours.img");
+            let theirs = s.p("theirs.img");
+            ok("fvimg", &["convert", "-l", param, "-O", fmt, &q, &ours]);
+            ok(
+                "qemu-img",
+                &["convert", "-l", param, "-O", fmt, &q, &theirs],
+            );
+            if fmt == "qcow2" {
+                assert_clean(&ours);
+            }
+            assert_same(&ours, &theirs);
+            let (code, _, _) = exec("qemu-img", &["compare", &ours, &q]);
+            assert_eq!(code, 1, "{param}: the active state was converted");
+            assert_eq!(
+                exec("qemu-img", &["compare", &ours, &raw]).0 == 0,
+                expect_raw,
+                "{param}"
+            );
+        }
+    }
+    for bad in [
+        "snapshot.name=nope",
+        "nope",
+        "snapshot.id=1,snapshot.name=s2",
+    ] {
+        let (code, _, err) = fvimg(&["convert", "-l", bad, "-O", "raw", &q, &s.p("x.raw")]);
+        assert_eq!(code, 1, "{bad}: {err}");
+        assert!(
+            err.contains("not found") && err.contains("s2") == bad.contains("s2"),
+            "{bad}: {err}"
+        );
+    }
+    let (_, _, err) = fvimg(&["convert", "-l", "nope", "-O", "raw", &q, &s.p("x.raw")]);
+    assert!(err.contains("'nope'"), "{err}");
+    let (code, _, _) = fvimg(&["convert", "-l", "s1", "-O", "raw", &raw, &s.p("x.raw")]);
+    assert_eq!(code, 1);
+}

@@ -6,6 +6,9 @@ use super::host_file::HostFile as File;
 use super::header::{Header, MAX_L1_BYTES};
 use super::{corrupt, Qcow2Error};
 
+mod view;
+pub use view::{SnapshotSelector, SnapshotView};
+
 /// Largest snapshot table read (QEMU's cap on the table is 64 MiB).
 const MAX_TABLE_BYTES: u64 = 64 << 20;
 /// Largest extra data per entry (QEMU's cap).
