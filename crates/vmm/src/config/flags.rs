@@ -473,13 +473,19 @@ mod tests {
             Some(ImageType::Raw)
         );
         assert_eq!(
-            parse_disk("path=/img,image_type=vmdk").unwrap().image_type,
+            parse_disk("path=/img,image_type=vmdk,readonly=on")
+                .unwrap()
+                .image_type,
             Some(ImageType::Vmdk)
         );
         assert_eq!(
-            parse_disk("path=/img,image_type=vpc").unwrap().image_type,
+            parse_disk("path=/img,image_type=vpc,readonly=on")
+                .unwrap()
+                .image_type,
             Some(ImageType::Vhd)
         );
+        let writable = parse_disk("path=/img,image_type=vhd").unwrap_err();
+        assert!(writable.to_string().contains("readonly=on"), "{writable}");
         assert!(parse_disk("path=/img,image_type=vdi").is_err());
         assert!(
             !parse_disk("path=/img,image_type=qcow2")
