@@ -277,4 +277,16 @@ fn vhd_and_vmdk_disks_are_served_read_only() {
         );
         assert_eq!(std::fs::read(&path).unwrap(), before, "{what}: unchanged");
     }
+    // A file that is not what image_type says is refused at start-up.
+    let junk = dir.join("junk.img");
+    std::fs::write(&junk, vec![0x5au8; 1 << 20]).unwrap();
+    for image_type in ["vhd", "vmdk"] {
+        let out = run_blk(
+            &junk,
+            &format!(",image_type={image_type},readonly=on"),
+            "probe=blk blk_mode=ro",
+        );
+        assert_eq!(out.code(), 2, "{image_type}: {out:#?}");
+        assert!(out.log.contains("junk.img"), "{image_type}: {}", out.log);
+    }
 }

@@ -357,7 +357,9 @@ fn run(ctx: &Ctx, command: Command) -> Result<u8, Failure> {
             }
             match &image {
                 Image::Qcow2(q) if new < old => q.shrink(new)?,
-                Image::Qcow2(q) => q.resize(new.div_ceil(512) * 512)?,
+                Image::Qcow2(q) => {
+                    q.resize(new.checked_next_multiple_of(512).ok_or("size overflows")?)?
+                }
                 Image::ReadOnly(format, _) => {
                     return Err(format!("{format} images are read-only").into());
                 }

@@ -84,6 +84,24 @@ fn pattern(path: &str, size: usize, seed: u64) {
     std::fs::write(path, data).unwrap();
 }
 
+/// `qemu-img create -q -f qcow2 -b BACKING -F FMT PATH`.
+fn overlay(backing: &str, backing_fmt: &str, path: &str) {
+    ok(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            backing,
+            "-F",
+            backing_fmt,
+            path,
+        ],
+    );
+}
+
 fn json(text: &str) -> serde_json::Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"))
 }
@@ -391,12 +409,7 @@ fn rebase_and_commit_keep_the_guest_view() {
     pattern(&base, 4 << 20, 17);
     let mid = s.p("mid.qcow2");
     let top = s.p("top.qcow2");
-    ok(
-        "qemu-img",
-        &[
-            "create", "-q", "-f", "qcow2", "-b", "base.raw", "-F", "raw", &mid,
-        ],
-    );
+    overlay("base.raw", "raw", &mid);
     ok(
         "qemu-io",
         &[
@@ -665,39 +678,16 @@ fn backing_files_outside_the_image_directory_are_refused() {
     std::fs::create_dir_all(s.0.join("images")).unwrap();
     // An absolute name.
     let evil = s.p("images/evil.qcow2");
-    ok(
-        "qemu-img",
-        &[
-            "create", "-q", "-f", "qcow2", "-b", &secret, "-F", "raw", &evil,
-        ],
-    );
+    overlay(&secret, "raw", &evil);
     assert_refused(&s, &evil, &secret);
     // A relative name climbing out.
     let evil = s.p("images/evil-rel.qcow2");
-    ok(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-b",
-            "../other/secret",
-            "-F",
-            "raw",
-            &evil,
-        ],
-    );
+    overlay("../other/secret", "raw", &evil);
     assert_refused(&s, &evil, &secret);
     // A symlink in the image's directory, pointing out of it.
     std::os::unix::fs::symlink(&secret, s.0.join("images/link.raw")).unwrap();
     let evil = s.p("images/evil-link.qcow2");
-    ok(
-        "qemu-img",
-        &[
-            "create", "-q", "-f", "qcow2", "-b", "link.raw", "-F", "raw", &evil,
-        ],
-    );
+    overlay("link.raw", "raw", &evil);
     assert_refused(&s, &evil, &secret);
     // Relative image paths: the directory is the working directory's.
     let out = Command::new(env!("CARGO_BIN_EXE_fvimg"))
@@ -739,27 +729,9 @@ fn backing_chains_in_allowed_directories_work() {
     pattern(&base, 3 << 20, 23);
     let mid = s.p("images/mid.qcow2");
     let top = s.p("images/top.qcow2");
-    ok(
-        "qemu-img",
-        &[
-            "create", "-q", "-f", "qcow2", "-b", "base.raw", "-F", "raw", &mid,
-        ],
-    );
+    overlay("base.raw", "raw", &mid);
     ok("qemu-io", &["-c", "write -P 0x41 1M 300k", &mid]);
-    ok(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-b",
-            "mid.qcow2",
-            "-F",
-            "qcow2",
-            &top,
-        ],
-    );
+    overlay("mid.qcow2", "qcow2", &top);
     ok("qemu-io", &["-c", "write -P 0x42 2M 64k", &top]);
     // Outputs beside the images: a destination's directory is allowed too.
     let theirs = s.p("images/theirs.raw");
@@ -776,20 +748,7 @@ fn backing_chains_in_allowed_directories_work() {
     let sbase = s.p("bases/base.qcow2");
     ok("qemu-img", &["convert", "-O", "qcow2", &base, &sbase]);
     let stop = s.p("images/stop.qcow2");
-    ok(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-b",
-            "../bases/base.qcow2",
-            "-F",
-            "qcow2",
-            &stop,
-        ],
-    );
+    overlay("../bases/base.qcow2", "qcow2", &stop);
     ok("qemu-io", &["-c", "write -P 0x43 512k 4k", &stop]);
     let theirs = s.p("images/stheirs.raw");
     ok("qemu-img", &["convert", "-O", "raw", &stop, &theirs]);
@@ -956,6 +915,11 @@ fn resize_shrink_drops_the_tail_like_qemu_img() {
     let (code, _, err) = fvimg(&["resize", &ours, &new.to_string()]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("--shrink"), "{err}");
+    // Sizes no image can have are errors, not crashes.
+    for huge in ["18446744073709551615", "+18446744073709551000"] {
+        let (code, _, err) = fvimg(&["resize", &ours, huge]);
+        assert_eq!(code, 1, "{huge}: {err}");
+    }
     let info = json(&ok("qemu-img", &["info", "--output", "json", &ours]));
     assert_eq!(
         info["virtual-size"],
@@ -1038,12 +1002,7 @@ fn convert_over_a_backing_file_writes_only_what_differs() {
     bytes[3 << 20..(3 << 20) + (64 << 10)].fill(0x77);
     std::fs::write(&base, &bytes).unwrap();
     let src = s.p("src.qcow2");
-    ok(
-        "qemu-img",
-        &[
-            "create", "-q", "-f", "qcow2", "-b", "base.raw", "-F", "raw", &src,
-        ],
-    );
+    overlay("base.raw", "raw", &src);
     ok(
         "qemu-io",
         &[

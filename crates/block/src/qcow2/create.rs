@@ -216,7 +216,8 @@ impl Qcow2Image {
         Ok(self.flush_metadata(&mut m)?)
     }
 
-    /// Grows the guest size to `new_size` bytes (shrinking is refused).
+    /// Grows the guest size to `new_size` bytes (smaller sizes are refused:
+    /// see [`shrink`](Self::shrink)).
     pub fn resize(&self, new_size: u64) -> io::Result<()> {
         self.check_writable()?;
         let mut m = self.lock();
@@ -242,7 +243,6 @@ impl Qcow2Image {
     /// again reads zeros there. Internal snapshots keep their own data.
     pub fn shrink(&self, new_size: u64) -> io::Result<()> {
         self.check_writable()?;
-        let new_size = new_size.div_ceil(512) * 512;
         let mut m = self.lock();
         let old = m.header.size;
         if new_size > old {
@@ -251,17 +251,13 @@ impl Qcow2Image {
             ))
             .into());
         }
-        let cs = self.cs();
-        let tail_end = new_size.div_ceil(cs) * cs;
-        if tail_end.min(old) > new_size {
-            // The last cluster's bytes past the new end read as zeros.
-            self.zero_locked(&mut m, new_size, tail_end.min(old) - new_size, true)?;
-        }
-        if old > tail_end {
-            self.zero_locked(&mut m, tail_end, old - tail_end, true)?;
-        }
+        // At most `old`, itself a multiple of 512.
+        let new_size = new_size.div_ceil(512) * 512;
+        // Whole clusters past the new end are deallocated; the rest of the
+        // cut cluster is written with zeros.
+        self.zero_locked(&mut m, new_size, old - new_size, true)?;
         // L2 tables that cover nothing below the new end go.
-        let per_table = cs * self.l2_entries();
+        let per_table = self.cs() * self.l2_entries();
         let keep = new_size.div_ceil(per_table) as usize;
         for i in keep..m.l1.len() {
             let l2 = m.l1[i] & OFFSET_MASK;

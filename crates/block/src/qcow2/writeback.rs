@@ -116,13 +116,20 @@ impl Qcow2Image {
     fn apply_pending_frees(&self, m: &mut Meta) -> Result<(), Qcow2Error> {
         let frees = std::mem::take(&mut m.pending_frees);
         for (first, n) in frees {
-            m.refs.add_range(&self.file, first, n, -1)?;
-            for c in first..first + n {
-                if m.refs.get(&self.file, c)? == 0 {
-                    self.file.punch_hole(c << self.cluster_bits, self.cs());
-                    if m.compressed_cursor >> self.cluster_bits == c {
-                        m.compressed_cursor = 0;
-                    }
+            self.release_now(m, first, n)?;
+        }
+        Ok(())
+    }
+
+    /// Drops one reference to `n` clusters from `first` at once; punches
+    /// out those that become free.
+    fn release_now(&self, m: &mut Meta, first: u64, n: u64) -> Result<(), Qcow2Error> {
+        m.refs.add_range(&self.file, first, n, -1)?;
+        for c in first..first + n {
+            if m.refs.get(&self.file, c)? == 0 {
+                self.file.punch_hole(c << self.cluster_bits, self.cs());
+                if m.compressed_cursor >> self.cluster_bits == c {
+                    m.compressed_cursor = 0;
                 }
             }
         }
@@ -139,16 +146,7 @@ impl Qcow2Image {
         n: u64,
     ) -> Result<(), Qcow2Error> {
         if m.refs.write_through {
-            m.refs.add_range(&self.file, first, n, -1)?;
-            for c in first..first + n {
-                if m.refs.get(&self.file, c)? == 0 {
-                    self.file.punch_hole(c << self.cluster_bits, self.cs());
-                    if m.compressed_cursor >> self.cluster_bits == c {
-                        m.compressed_cursor = 0;
-                    }
-                }
-            }
-            return Ok(());
+            return self.release_now(m, first, n);
         }
         m.pending_frees.push((first, n));
         Ok(())
